@@ -1,0 +1,122 @@
+"""Bundle directories: config.json + model.safetensors (+ stats.json). No pickle, ever.
+
+A bundle is written into a temporary sibling directory and renamed into place, so a reader
+never sees half a bundle. Loading checks every weight against the architecture the config
+describes and names each mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from energy_rerank.config import config_from_dict, config_to_dict
+from energy_rerank.normalize import STATS_FILE, NormStats
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class BundleError(ValueError):
+    """A bundle is missing, of the wrong kind, or its weights disagree with its config."""
+
+
+def save_bundle(
+    path: str | Path,
+    kind: str,
+    config: Any,
+    module: nn.Module,
+    stats: NormStats | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `module` as a bundle of the given kind at `path` (replaced atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        meta = {"kind": kind, "format_version": FORMAT_VERSION, "config": config_to_dict(config)}
+        if extra:
+            meta["extra"] = extra
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"kind": kind})
+        if stats is not None:
+            stats.save(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_bundle_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        raise BundleError(f"{path}: not a bundle (no {CONFIG_FILE})")
+    meta = json.loads(cfg.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    return meta
+
+
+def load_bundle(
+    path: str | Path,
+    kind: str,
+    config_cls: type,
+    build: Callable[[Any], M],
+    map_location: str | torch.device = "cpu",
+) -> tuple[M, NormStats | None]:
+    """Read a bundle, build the module from its config, load and verify its weights."""
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    if meta.get("kind") != kind:
+        raise BundleError(f"{path}: bundle kind is {meta.get('kind')!r}, expected {kind!r}")
+    try:
+        config = config_from_dict(config_cls, meta["config"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{path}/{CONFIG_FILE}: {e}") from e
+    module = build(config)
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise BundleError(f"{path}: missing {WEIGHTS_FILE}")
+    weights = load_file(str(weights_path), device=str(map_location))
+    check_weights(module, weights, where=str(path))
+    module.load_state_dict(weights, strict=True)
+    module.to(map_location)
+    module.eval()
+    stats = NormStats.load(path) if (path / STATS_FILE).is_file() else None
+    return module, stats
+
+
+def check_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Raise BundleError naming every missing, unexpected or mis-shaped weight."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    problems: list[str] = []
+    for k in sorted(set(expected) - set(weights)):
+        problems.append(f"missing weight {k} {expected[k]}")
+    for k in sorted(set(weights) - set(expected)):
+        problems.append(f"unexpected weight {k} {tuple(weights[k].shape)}")
+    for k in sorted(set(expected) & set(weights)):
+        if tuple(weights[k].shape) != expected[k]:
+            problems.append(f"{k}: config implies shape {expected[k]}, weights have {tuple(weights[k].shape)}")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise BundleError(f"{where}: config and weights disagree: {shown}")
