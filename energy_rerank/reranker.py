@@ -1,0 +1,184 @@
+"""Reranker: proposer -> candidate sampler -> scorer -> selection. The one call a server makes.
+
+Robot safety lives here, not in the server: whatever goes wrong in scoring, the robot gets a
+finite chunk inside the action bounds. If the scorer raises or returns non-finite energies,
+the policy's base chunk is returned and flagged as a fallback; if even the base chunk is not
+finite, `PolicyFailure` is raised (the server answers with an error rather than a NaN).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from energy_rerank.candidates import CandidateSampler
+from energy_rerank.normalize import NormStats
+from energy_rerank.policy.base import Observation, Proposals, Proposer
+from energy_rerank.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+SelectionRule = Literal["argmin", "softmax"]
+
+
+class PolicyFailure(RuntimeError):
+    """The policy produced no usable chunk (raised, or returned non-finite values)."""
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    """Per-request knobs of SelectAction."""
+
+    num_candidates: int = 64  # N, including the base chunk (N = 1 returns the policy's own chunk)
+    sigma_scale: float = 1.0  # multiplies the sampler's noise sigmas (0 = layer chunks only)
+    seed: int | None = None  # fixes the candidates (and softmax draw) for this request
+    rule: SelectionRule = "argmin"  # argmin of energy, or a draw from softmax(-E / temperature)
+    temperature: float = 1.0  # softmax temperature (energy units)
+    return_candidates: bool = False  # also return all N candidates in robot units
+
+
+@dataclass
+class Selection:
+    """The reranker's answer for one observation."""
+
+    chunk: np.ndarray  # [H, A] chosen chunk, robot units, clipped to the action bounds
+    index: int  # chosen candidate (0 = the policy's base chunk)
+    energies: np.ndarray  # [N] float32 energies (empty if scoring failed)
+    candidates: np.ndarray | None  # [N, H, A] robot units, if asked for
+    fallback: bool  # True when the base chunk was returned because scoring failed
+    fallback_reason: str  # why, when fallback
+    timing: dict[str, float]  # seconds: policy, candidates, score, total (per batch)
+
+
+class Reranker:
+    def __init__(
+        self,
+        proposer: Proposer,
+        scorer: Scorer,
+        sampler: CandidateSampler,
+        stats: NormStats | None = None,
+        model_version: str = "",
+        max_candidates: int = 1024,
+    ) -> None:
+        self.proposer = proposer
+        self.scorer = scorer
+        self.sampler = sampler
+        self.stats = stats if stats is not None else proposer.stats
+        self.model_version = model_version
+        self.max_candidates = max_candidates
+        if self.stats is not None:
+            low, high = self.stats.action_bounds(normalized=False)
+        else:
+            low, high = sampler.low, sampler.high
+        self.low, self.high = low.float().cpu(), high.float().cpu()  # [A] robot units
+
+    def select(self, observations: Sequence[Observation], params: Sequence[SelectParams]) -> list[Selection]:
+        """Choose one chunk per observation. len(params) == len(observations)."""
+        if len(observations) != len(params):
+            raise ValueError(f"{len(observations)} observations but {len(params)} parameter sets")
+        for p in params:
+            if not 1 <= p.num_candidates <= self.max_candidates:
+                raise ValueError(f"num_candidates must be in [1, {self.max_candidates}], got {p.num_candidates}")
+            if p.rule == "softmax" and not p.temperature > 0:
+                raise ValueError(f"temperature must be > 0 for softmax selection, got {p.temperature}")
+        t0 = time.perf_counter()
+        try:
+            proposals = self.proposer.propose(observations)
+        except Exception as e:
+            raise PolicyFailure(f"policy failed: {e}") from e
+        t1 = time.perf_counter()
+        n_max = max(p.num_candidates for p in params)
+        candidates = self.sampler.sample(
+            proposals,
+            num_candidates=n_max,
+            seeds=[p.seed for p in params],
+            sigma_scales=[p.sigma_scale for p in params],
+        )  # [B, n_max, H, A] normalised
+        t2 = time.perf_counter()
+        energies, reason = self._score(proposals, candidates)
+        t3 = time.perf_counter()
+        timing = {"policy": t1 - t0, "candidates": t2 - t1, "score": t3 - t2}
+        out = [self._finish(i, p, proposals, candidates, energies, reason, timing) for i, p in enumerate(params)]
+        total = time.perf_counter() - t0
+        for s in out:
+            s.timing["total"] = total
+        return out
+
+    def _score(self, proposals: Proposals, candidates: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+        if candidates.shape[1] == 1:
+            return torch.zeros(candidates.shape[:2]), ""  # nothing to rank: skip the scorer
+        try:
+            energies = self.scorer.score(proposals.context, proposals.valid, candidates).float().cpu()
+        except Exception as e:  # the robot still gets a chunk; the reason travels in the response
+            log.exception("scorer failed; returning base chunks")
+            return None, f"scorer error: {type(e).__name__}: {e}"
+        return energies, ""
+
+    def _finish(
+        self,
+        i: int,
+        p: SelectParams,
+        proposals: Proposals,
+        candidates: torch.Tensor,
+        energies: torch.Tensor | None,
+        reason: str,
+        timing: dict[str, float],
+    ) -> Selection:
+        n = p.num_candidates
+        cand = candidates[i, :n]  # [N, H, A] normalised
+        e = None if energies is None else energies[i, :n]
+        if e is not None and not bool(torch.isfinite(e).all()):
+            e, reason = None, "scorer returned non-finite energies"
+        if e is None:
+            index, fallback = 0, True
+        else:
+            index, fallback = self._choose(e, p), False
+        chunk = self._to_robot(cand[index])
+        if not np.isfinite(chunk).all():
+            if index == 0:
+                raise PolicyFailure("policy produced a non-finite chunk")
+            index, fallback, reason = 0, True, "chosen chunk was non-finite"
+            chunk = self._to_robot(cand[0])
+            if not np.isfinite(chunk).all():
+                raise PolicyFailure("policy produced a non-finite chunk")
+        return Selection(
+            chunk=chunk,
+            index=index,
+            energies=np.zeros(0, np.float32) if e is None else e.numpy().astype(np.float32),
+            candidates=self._to_robot(cand) if p.return_candidates else None,
+            fallback=fallback,
+            fallback_reason=reason if fallback else "",
+            timing=dict(timing),
+        )
+
+    @staticmethod
+    def _choose(e: torch.Tensor, p: SelectParams) -> int:
+        if p.rule == "argmin" or e.numel() == 1:
+            return int(torch.argmin(e))
+        gen = torch.Generator().manual_seed(p.seed if p.seed is not None else int(time.time_ns() % 2**31))
+        probs = torch.softmax(-e.double() / p.temperature, dim=0)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    def _to_robot(self, a: torch.Tensor) -> np.ndarray:
+        """Normalised [..., A] -> robot units, clipped to the bounds. NaN survives the clip: callers check."""
+        a = a.float().cpu()
+        if self.stats is not None:
+            a = self.stats.unnormalize_actions(a)
+        a = torch.maximum(torch.minimum(a, self.high), self.low)
+        return a.numpy().astype(np.float32)
+
+    def score_candidates(
+        self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor, normalized: bool = True
+    ) -> torch.Tensor:
+        """ScoreCandidates: hidden [B, S, D], valid [B, S], candidates [B, N, H, A] -> [B, N].
+
+        Candidates in robot units (normalized=False) are normalised with the bundle's statistics.
+        """
+        if not normalized and self.stats is not None:
+            candidates = self.stats.normalize_actions(candidates.float())
+        return self.scorer.score(hidden, valid, candidates).float().cpu()
