@@ -1,0 +1,149 @@
+"""Rollout IO on tiny generated files: LIBERO HDF5 round trip, LeRobot parquet, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from energy_rerank.rollouts import (
+    Episode,
+    RolloutFormatError,
+    read_file_attrs,
+    read_hdf5,
+    read_lerobot_parquet,
+    write_hdf5,
+)
+
+
+def _episode(t: int, seed: int, images: bool = False) -> Episode:
+    rng = np.random.default_rng(seed)
+    obs = {
+        "ee_pos": rng.normal(size=(t, 3)),
+        "ee_ori": rng.normal(size=(t, 3)),
+        "ee_states": rng.normal(size=(t, 6)),
+        "gripper_states": rng.normal(size=(t, 2)),
+        "joint_states": rng.normal(size=(t, 7)),
+        "object_states": rng.normal(size=(t, 14)),
+    }
+    if images:
+        obs["agentview_rgb"] = rng.integers(0, 255, size=(t, 8, 8, 3), dtype=np.uint8)
+    return Episode(
+        actions=rng.uniform(-1, 1, size=(t, 7)).astype(np.float32),
+        obs=obs,
+        states=rng.normal(size=(t, 20)),
+        rewards=np.zeros(t, np.float32),
+        dones=np.r_[np.zeros(t - 1), 1].astype(np.uint8),
+        instruction="pick up the ketchup and place it in the basket",
+        task="libero_object/3",
+    )
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_hdf5_round_trip_with_standard_keys(tmp_path):
+    eps = [_episode(5, 0, images=True), _episode(9, 1, images=True)]
+    path = write_hdf5(tmp_path / "demo.hdf5", eps, attrs={"env_args": {"env_name": "x"}})
+    with h5py.File(path, "r") as f:  # plain h5py, as any LIBERO tool would read it
+        assert sorted(f["data"].keys()) == ["demo_0", "demo_1"]
+        demo = f["data/demo_1"]
+        for key in ("actions", "states", "robot_states", "rewards", "dones"):
+            assert key in demo, key
+        for key in ("ee_pos", "ee_ori", "ee_states", "gripper_states", "joint_states", "agentview_rgb"):
+            assert key in demo["obs"], key
+        assert demo["actions"].shape == (9, 7)
+        assert f["data"].attrs["num_demos"] == 2 and f["data"].attrs["total"] == 14
+        assert json.loads(f["data"].attrs["problem_info"])["language_instruction"] == eps[0].instruction
+    back = read_hdf5(path)
+    for a, b in zip(eps, back, strict=True):
+        np.testing.assert_allclose(a.actions, b.actions)
+        np.testing.assert_array_equal(a.states, b.states)
+        np.testing.assert_array_equal(a.obs["agentview_rgb"], b.obs["agentview_rgb"])
+        assert b.instruction == a.instruction and b.task == "libero_object/3"
+    assert read_file_attrs(path)["env_args"] == {"env_name": "x"}
+
+
+def test_hdf5_demo_order_is_numeric_and_reading_leaves_file_untouched(tmp_path):
+    path = write_hdf5(tmp_path / "d.hdf5", [_episode(2 + i, i) for i in range(11)])
+    before = _sha(path)
+    names = [ep.name for ep in read_hdf5(path, obs_keys=["ee_pos"])]
+    assert names == [f"demo_{i}" for i in range(11)]
+    assert _sha(path) == before
+    with pytest.raises(FileExistsError):
+        write_hdf5(path, [_episode(3, 0)])
+
+
+def test_hdf5_missing_keys_are_named(tmp_path):
+    path = write_hdf5(tmp_path / "d.hdf5", [_episode(4, 0)])
+    with pytest.raises(RolloutFormatError, match="obs/agentview_rgb is missing"):
+        read_hdf5(path, required_obs=["agentview_rgb"])
+    with h5py.File(tmp_path / "noact.hdf5", "w") as f:
+        f.create_group("data/demo_0/obs")
+    with pytest.raises(RolloutFormatError, match="no 'actions'"):
+        read_hdf5(tmp_path / "noact.hdf5")
+    with h5py.File(tmp_path / "nodata.hdf5", "w") as f:
+        f.create_group("stuff")
+    with pytest.raises(RolloutFormatError, match="no top-level 'data'"):
+        read_hdf5(tmp_path / "nodata.hdf5")
+
+
+def test_shape_mismatch_is_reported(tmp_path):
+    with h5py.File(tmp_path / "bad.hdf5", "w") as f:
+        f.create_dataset("data/demo_0/actions", data=np.zeros((5, 7)))
+        f.create_dataset("data/demo_0/obs/ee_pos", data=np.zeros((4, 3)))
+    with pytest.raises(RolloutFormatError, match=r"obs/ee_pos has 4 steps, actions have 5"):
+        read_hdf5(tmp_path / "bad.hdf5")
+    with pytest.raises(RolloutFormatError, match=r"actions must be \[T, A\]"):
+        Episode(actions=np.zeros(5))
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_lerobot_parquet(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for ep, t in ((1, 3), (0, 4)):
+        for i in reversed(range(t)):  # frames out of order on disk: the reader sorts them
+            img = np.full((6, 6, 3), 10 * i + ep, np.uint8)
+            rows.append(
+                {
+                    "image": {"bytes": _png(img), "path": None},
+                    "wrist_image": {"bytes": _png(img), "path": None},
+                    "state": rng.normal(size=8).astype(np.float32).tolist(),
+                    "actions": [float(i)] * 7,
+                    "episode_index": ep,
+                    "frame_index": i,
+                    "task_index": ep,
+                }
+            )
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "tasks.jsonl").write_text(
+        "\n".join(json.dumps({"task_index": k, "task": f"task text {k}"}) for k in (0, 1))
+    )
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "data" / "episode_000.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    eps = read_lerobot_parquet([path], load_images=True)
+    assert [e.length for e in eps] == [4, 3]
+    np.testing.assert_array_equal(eps[0].actions[:, 0], [0, 1, 2, 3])
+    assert eps[1].instruction == "task text 1"
+    assert eps[1].obs["image"].shape == (3, 6, 6, 3) and eps[1].obs["image"][2, 0, 0, 0] == 21
+    assert "image" not in read_lerobot_parquet([path])[0].obs
+
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "state"} for r in rows]), path)
+    with pytest.raises(RolloutFormatError, match=r"missing column\(s\) \['state'\]"):
+        read_lerobot_parquet([path])
