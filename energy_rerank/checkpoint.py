@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -90,7 +91,7 @@ def load_bundle(
     if meta.get("kind") != kind:
         raise BundleError(f"{path}: bundle kind is {meta.get('kind')!r}, expected {kind!r}")
     try:
-        config = config_from_dict(config_cls, meta["config"])
+        config: Any = config_from_dict(config_cls, meta["config"])
     except (TypeError, ValueError) as e:
         raise BundleError(f"{path}/{CONFIG_FILE}: {e}") from e
     module = build(config)
