@@ -147,3 +147,24 @@ def test_lerobot_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "state"} for r in rows]), path)
     with pytest.raises(RolloutFormatError, match=r"missing column\(s\) \['state'\]"):
         read_lerobot_parquet([path])
+
+
+def test_windows_layout_and_end_padding():
+    from energy_rerank.rollouts.windows import LOWDIM_DIM, episode_windows, expert_chunk, step_observation
+
+    ep = _episode(5, 3, images=True)
+    ep.obs["interest_states"] = np.arange(5 * 14, dtype=np.float64).reshape(5, 14)
+    chunk = expert_chunk(ep, 3, chunk_len=4)
+    np.testing.assert_array_equal(chunk, ep.actions[[3, 4, 4, 4]])  # past the end the last action repeats
+    obs = step_observation(ep, 2)
+    assert obs.lowdim.shape == (LOWDIM_DIM,) and obs.state.shape == (8,)
+    np.testing.assert_allclose(obs.lowdim[:14], ep.obs["interest_states"][2])
+    np.testing.assert_allclose(obs.lowdim[14:17], ep.obs["ee_pos"][2], rtol=1e-6)
+    np.testing.assert_allclose(obs.state[6:], ep.obs["gripper_states"][2], rtol=1e-6)
+    assert obs.images["agentview"].shape == (8, 8, 3) and obs.instruction == ep.instruction
+    win = episode_windows([ep, ep], chunk_len=4, stride=2)
+    assert win.chunks.shape == (6, 4, 7) and win.episode.tolist() == [0, 0, 0, 1, 1, 1]
+    assert not win.observations[0].images  # images only on request
+    del ep.obs["ee_ori"]
+    with pytest.raises(RolloutFormatError, match=r"\['ee_ori'\]"):
+        step_observation(ep, 0)

@@ -2,8 +2,10 @@
 
 The seed's energy head went NaN near step 18k and its fix list (SEEDS.md section 4) was:
 AdamW with weight decay, warm-up, clip the grad norm at 0.5, and skip a step whose grad norm
-is non-finite or above 10. `GuardedOptimizer.step(loss)` does all of it in one call, so no
-training loop can forget a guard:
+is non-finite or above 10. An absolute threshold fits one model's scale only (a healthy tiny
+head reaches grad norms of 20 and would stall there), so a spike guard relative to the running
+mean of recent grad norms is offered too (`skip_grad_ratio`). `GuardedOptimizer.step(loss)`
+does all of it in one call, so no training loop can forget a guard:
 
     opt = GuardedOptimizer(model.parameters(), OptimConfig(lr=1e-4))
     result = opt.step(loss)          # zero grads, backward, check, clip, AdamW step
@@ -43,6 +45,8 @@ class OptimConfig:
     clip_grad_norm: float = 0.5  # rescale gradients to at most this global L2 norm (seed fix: 0.5)
     skip_grad_norm: float = 10.0  # skip the step when the pre-clip grad norm exceeds this (seed: 10)
     skip_loss: float = math.inf  # skip the step when the loss exceeds this (inf = only non-finite)
+    skip_grad_ratio: float = 0.0  # skip when grad norm > ratio x running mean of applied grad norms (0 = off)
+    grad_norm_momentum: float = 0.98  # decay of that running mean (an EMA over applied steps)
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -90,6 +94,7 @@ class GuardedOptimizer:
         self.optimizer = torch.optim.AdamW(groups, lr=self.lr_at(0), betas=c.betas, eps=c.eps)
         self.applied_steps = 0  # updates actually made; drives the LR schedule
         self.skipped_steps = 0  # steps refused by a guard
+        self.grad_norm_ema = 0.0  # running mean of applied steps' grad norms (bias-corrected on use)
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, applied: int) -> float:
@@ -134,6 +139,8 @@ class GuardedOptimizer:
             reason = "non-finite grad norm"
         elif grad_norm > c.skip_grad_norm:
             reason = f"grad norm {grad_norm:.4g} > skip_grad_norm {c.skip_grad_norm:g}"
+        elif c.skip_grad_ratio > 0 and self.applied_steps >= 10 and grad_norm > c.skip_grad_ratio * self.typical_grad_norm:  # noqa: E501
+            reason = f"grad norm {grad_norm:.4g} > {c.skip_grad_ratio:g} x running mean {self.typical_grad_norm:.4g}"
         if not _all_ranks_agree(reason == "", loss.device):
             reason = reason or "skipped on another rank"
         lr = self.lr
@@ -146,7 +153,22 @@ class GuardedOptimizer:
         self.optimizer.step()
         self.zero_grad()
         self.applied_steps += 1
+        m = c.grad_norm_momentum
+        self.grad_norm_ema = m * self.grad_norm_ema + (1 - m) * grad_norm
         return StepResult(True, loss_value, grad_norm, lr, "")
+
+    @property
+    def typical_grad_norm(self) -> float:
+        """Bias-corrected running mean of applied steps' grad norms."""
+        if self.applied_steps == 0:
+            return math.nan
+        return self.grad_norm_ema / (1 - self.config.grad_norm_momentum**self.applied_steps)
+
+    def skip(self, reason: str) -> StepResult:
+        """Count a step refused before any loss existed (e.g. a non-finite batch)."""
+        self.zero_grad()
+        self.skipped_steps += 1
+        return StepResult(False, math.nan, math.nan, self.lr, reason)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -155,12 +177,14 @@ class GuardedOptimizer:
             "optimizer": self.optimizer.state_dict(),
             "applied_steps": self.applied_steps,
             "skipped_steps": self.skipped_steps,
+            "grad_norm_ema": self.grad_norm_ema,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.applied_steps = int(state["applied_steps"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.grad_norm_ema = float(state["grad_norm_ema"])
 
 
 def _all_ranks_agree(ok: bool, device: torch.device) -> bool:

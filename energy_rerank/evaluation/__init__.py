@@ -1,0 +1,1 @@
+"""Evaluation of reranking: offline on recorded episodes (closed-loop LIBERO lives with the server)."""

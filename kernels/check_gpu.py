@@ -1,0 +1,165 @@
+"""GPU acceptance run for the fused scorer: kernel tests on CUDA, ceilings, latency table.
+
+    python -m energy_rerank.kernels.check_gpu [--out DIR] [--calls 200] [--skip-tests]
+
+1. runs tests/test_kernels_*.py compiled on the GPU (TRITON_INTERPRET removed from the env);
+2. measures the two ceilings (device-to-device copy; bf16 and tf32 matrix products);
+3. times the seed architecture (D_h 4096, S 300, H 8, A 7, hidden 512, 8 heads) for the triton
+   backend (autotuned, CUDA graphs) against the shared-context eager torch scorer, checks the
+   triton energies against the fp32 torch reference on the same inputs, and prints the issue's
+   acceptance lines with the ratio to the FLOP and byte floors. Writes check_gpu.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from energy_rerank.kernels.scorer import make_scorer
+from energy_rerank.kernels.timing import random_inputs, score_floors, time_scorer
+
+from energy_rerank.config import EnergyConfig
+from energy_rerank.energy import EnergyModel
+from energy_rerank.scoring import TorchScorer
+
+SEED_S, SEED_H, SEED_A = 300, 8, 7
+CASES = (  # (dtype, B, N)
+    (torch.bfloat16, 1, 64),
+    (torch.bfloat16, 8, 64),
+    (torch.bfloat16, 32, 64),
+    (torch.float32, 8, 64),
+    (torch.float32, 32, 64),
+    (torch.bfloat16, 8, 256),
+)
+
+
+def run_tests(repo: Path) -> int:
+    tests = sorted(str(p) for p in (repo / "tests").glob("test_kernels_*.py"))
+    if not tests:
+        print(f"no tests/test_kernels_*.py under {repo}; skipping the test step")
+        return 0
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=repo, env=env)
+
+
+def measure_ceilings() -> dict[str, float]:
+    """Achievable HBM bandwidth (bytes read + written per s) and bf16 / tf32 matrix rates."""
+    from triton.testing import do_bench
+
+    x = torch.empty(1 << 28, dtype=torch.float32, device="cuda")  # 1 GiB
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), return_mode="median")
+    out = {"bytes_per_s": 2 * x.numel() * 4 / (ms * 1e-3)}
+    n = 8192
+    for name, dtype in (("bf16_flops", torch.bfloat16), ("tf32_flops", torch.float32)):
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        b = torch.randn(n, n, device="cuda", dtype=dtype)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        ms = do_bench(lambda a=a, b=b: a @ b, return_mode="median")
+        out[name] = 2 * n**3 / (ms * 1e-3)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return out
+
+
+def max_rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(((out.float() - ref).abs() / ref.abs().clamp_min(1e-6)).max())
+
+
+def bench(calls: int, ceilings: dict[str, float]) -> list[dict]:
+    torch.manual_seed(0)
+    cfg = EnergyConfig()
+    base = EnergyModel(cfg).cuda().eval()
+    rows = []
+    for dtype, b, n in CASES:
+        model = copy.deepcopy(base).to(dtype)
+        triton_scorer = make_scorer(model, "triton")  # autotuned, CUDA graphs
+        eager = TorchScorer(model)
+        hidden, valid, cand = random_inputs(b, n, SEED_S, cfg.context_dim, SEED_H, SEED_A, dtype, torch.device("cuda"))
+        with torch.inference_mode():
+            ref = base.score(base.encode_context(hidden.float(), valid), cand)
+        err = max_rel_err(triton_scorer.score(hidden, valid, cand), ref)
+        args = dict(b=b, n=n, s=SEED_S, d=cfg.context_dim, dtype=dtype, h=SEED_H, a=SEED_A, calls=calls)
+        t_triton = time_scorer(triton_scorer, **args)
+        t_eager = time_scorer(eager, **args)
+        rate = ceilings["tf32_flops"] if dtype == torch.float32 else ceilings["bf16_flops"]
+        floors = score_floors(cfg, b, n, SEED_S, SEED_H, dtype, flop_rate=rate, byte_rate=ceilings["bytes_per_s"])
+        rows.append(
+            {
+                "dtype": str(dtype).removeprefix("torch."),
+                "B": b,
+                "N": n,
+                "triton_ms": t_triton.median_ms,
+                "triton_p90_ms": t_triton.p90_ms,
+                "eager_ms": t_eager.median_ms,
+                "speedup": t_eager.median_ms / t_triton.median_ms,
+                "max_rel_err_vs_fp32": err,
+                "gflop": floors.flops / 1e9,
+                "mbytes": floors.bytes / 1e6,
+                "flop_floor_ms": floors.flop_s * 1e3,
+                "byte_floor_ms": floors.byte_s * 1e3,
+                "x_floor": t_triton.median_ms / (floors.floor_s * 1e3),
+            }
+        )
+        del triton_scorer, eager, model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def acceptance(rows: list[dict]) -> list[tuple[str, bool]]:
+    def row(dtype: str, b: int, n: int) -> dict:
+        return next(r for r in rows if r["dtype"] == dtype and r["B"] == b and r["N"] == n)
+
+    return [
+        ("bf16 B=8 N=64 <= 0.10 ms", row("bfloat16", 8, 64)["triton_ms"] <= 0.10),
+        ("bf16 B=32 N=64 >= 5x eager", row("bfloat16", 32, 64)["speedup"] >= 5.0),
+        ("fp32 B=8 N=64 <= 0.25 ms", row("float32", 8, 64)["triton_ms"] <= 0.25),
+        ("bf16 energies within 2e-2 of fp32", all(r["max_rel_err_vs_fp32"] <= 2e-2 for r in rows if r["dtype"] == "bfloat16")),
+        ("fp32 energies within 1e-3 (tf32)", all(r["max_rel_err_vs_fp32"] <= 1e-3 for r in rows if r["dtype"] == "float32")),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m energy_rerank.kernels.check_gpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")), help="where check_gpu.json goes")
+    parser.add_argument("--calls", type=int, default=200, help="timed calls per case (median reported)")
+    parser.add_argument("--skip-tests", action="store_true", help="only measure")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("check_gpu needs a CUDA device")
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    tests_rc = 0 if args.skip_tests else run_tests(Path(__file__).resolve().parents[1])
+    ceilings = measure_ceilings()
+    print(
+        f"ceilings: copy {ceilings['bytes_per_s'] / 1e12:.2f} TB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} "
+        f"TFLOP/s, tf32 {ceilings['tf32_flops'] / 1e12:.0f} TFLOP/s"
+    )
+    rows = bench(args.calls, ceilings)
+    checks = acceptance(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"device": torch.cuda.get_device_name(), "tests_rc": tests_rc, "ceilings": ceilings, "rows": rows,
+              "acceptance": dict(checks)}
+    (args.out / "check_gpu.json").write_text(json.dumps(report, indent=2))
+    print(f"\n{'dtype':9} {'B':>3} {'N':>4} {'triton ms':>10} {'eager ms':>9} {'speedup':>8} {'x floor':>8} "
+          f"{'GFLOP':>6} {'MB':>6} {'rel err':>8}")
+    for r in rows:
+        print(f"{r['dtype']:9} {r['B']:>3} {r['N']:>4} {r['triton_ms']:>10.4f} {r['eager_ms']:>9.4f} "
+              f"{r['speedup']:>8.1f} {r['x_floor']:>8.2f} {r['gflop']:>6.1f} {r['mbytes']:>6.1f} "
+              f"{r['max_rel_err_vs_fp32']:>8.1e}")
+    print(f"kernel tests on GPU: {'passed' if tests_rc == 0 else f'FAILED (rc {tests_rc})'}")
+    for name, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    return int(tests_rc != 0 or not all(ok for _, ok in checks))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

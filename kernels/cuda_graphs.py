@@ -1,0 +1,97 @@
+"""Capture a whole scoring call in a CUDA graph per (B bucket, N bucket, S, H) and replay it.
+
+Eager scoring of this head is bound by kernel launches (ANCHORS.md: ~1 ms eager against ~0.04 ms
+of work); a replayed graph issues all of a call's launches at once. Shapes are rounded up to
+buckets so that a handful of graphs serve every request: the real inputs are copied into the
+front of static buffers and the energies sliced back out. Padding never changes real outputs:
+every context and every candidate is scored independently. Padded contexts keep valid = True,
+so their (discarded) energies stay finite.
+
+Any scorer whose `score` does no host synchronisation can be wrapped (TritonScorer, TorchScorer).
+Autotuning runs during the warm-up before capture, never inside it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+from energy_rerank.scoring import Scorer
+
+DEFAULT_B_BUCKETS = (1, 2, 4, 8, 16, 32)
+DEFAULT_N_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    hidden: torch.Tensor  # [Bb, S, D] static input
+    valid: torch.Tensor  # [Bb, S] bool static input
+    candidates: torch.Tensor  # [Bb, Nb, H, A] static input
+    energies: torch.Tensor  # [Bb, Nb] static output
+
+
+def bucket(value: int, buckets: tuple[int, ...], name: str) -> int:
+    """Smallest bucket >= value."""
+    i = bisect.bisect_left(buckets, value)
+    if i == len(buckets):
+        raise ValueError(f"{name}={value} is above the largest CUDA-graph bucket {buckets[-1]}")
+    return buckets[i]
+
+
+class GraphedScorer:
+    """Scorer protocol: replays one captured CUDA graph per shape bucket (captured on first use)."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        b_buckets: tuple[int, ...] = DEFAULT_B_BUCKETS,
+        n_buckets: tuple[int, ...] = DEFAULT_N_BUCKETS,
+        warmup: int = 2,  # eager calls before capture (autotuning, lazy init)
+    ) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        self.inner = scorer
+        self.name = f"{scorer.name}+graph"
+        self.b_buckets = tuple(sorted(b_buckets))
+        self.n_buckets = tuple(sorted(n_buckets))
+        self.warmup = warmup
+        self.device = torch.device(getattr(scorer, "device", "cuda"))
+        self.pool = torch.cuda.graph_pool_handle()  # one memory pool shared by every bucket's graph
+        self.graphs: dict[tuple, _Graph] = {}
+
+    def _capture(self, key: tuple, like: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> _Graph:
+        bb, nb, s, h = key[:4]
+        hidden, _, candidates = like
+        dev = self.device
+        static_h = torch.zeros(bb, s, hidden.shape[-1], dtype=hidden.dtype, device=dev)
+        static_v = torch.ones(bb, s, dtype=torch.bool, device=dev)
+        static_c = torch.zeros(bb, nb, h, candidates.shape[-1], dtype=candidates.dtype, device=dev)
+        side = torch.cuda.Stream(device=dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.inner.score(static_h, static_v, static_c)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.inner.score(static_h, static_v, static_c)
+        return _Graph(graph, static_h, static_v, static_c, out)
+
+    def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, D], valid [B, S] bool, candidates [B, N, H, A] -> energies [B, N] float32."""
+        b, s, _ = hidden.shape
+        _, n, h, _ = candidates.shape
+        bb = bucket(b, self.b_buckets, "B")
+        nb = bucket(n, self.n_buckets, "N")
+        key = (bb, nb, s, h, hidden.shape[-1], candidates.shape[-1], hidden.dtype, candidates.dtype)
+        g = self.graphs.get(key)
+        if g is None:
+            g = self.graphs[key] = self._capture(key, (hidden, valid, candidates))
+        g.hidden[:b].copy_(hidden, non_blocking=True)
+        g.valid[:b].copy_(valid, non_blocking=True)
+        g.candidates[:b, :n].copy_(candidates, non_blocking=True)
+        g.graph.replay()
+        return g.energies[:b, :n].clone()  # [B, N]; the static output is overwritten by the next replay

@@ -1,0 +1,233 @@
+"""One Triton kernel for every linear layer of the energy head: LayerNorm prologue, fused epilogue.
+
+y = relu?(LN?(x) @ W + bias [+ table[row % steps]]) [+ x]          x [M, K], W [K, N], y [M, N]
+
+covers MLPResNet's first layer (LN, linear, ReLU), its residual blocks (LN, linear, ReLU, + x),
+the folded keys/values and queries projections (LN, linear, per-step bias table) and out_proj.
+The LayerNorm statistics are merged chunk by chunk (Chan's parallel update, as stable as two
+passes). For the 512-wide layers a first loop over K gathers them, then the matmul loop
+normalises each x tile as it loads it, so normalised activations never reach global memory. For
+the context's D_h = 4096-wide input the LN is folded into the weight instead (see
+FoldedLinear.colsum): the statistics are gathered in the matmul loop itself, so the largest
+input is read once per program rather than twice. All arithmetic is fp32; tl.dot takes
+bf16 operands for bf16 weights and tf32 for fp32 weights, accumulating in fp32.
+
+Why not one kernel for a whole MLP: a 512-wide LayerNorm'd row chain needs the full [rows, 512]
+activation per program to feed the next tl.dot, which Triton cannot slice out of registers; at
+B*N*H = 4096 rows a layer's output is 4 MB (bf16), which stays in the H100's 50 MB L2, so each
+extra layer costs a launch (a few us, made cheap by the CUDA graph) rather than HBM traffic.
+
+Block sizes: see `heuristic_blocks` (a recorded heuristic, used under the interpreter and with
+autotune off) and `AUTOTUNE_CONFIGS` (searched once per shape on the GPU, before graph capture).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from energy_rerank.kernels.folded_weights import FoldedLinear
+from energy_rerank.kernels.triton_support import dot_dtype, interpreting
+
+
+@dataclass(frozen=True)
+class LinearBlocks:
+    """Tile sizes of one fused-linear launch."""
+
+    block_m: int  # rows per program
+    block_n: int  # output columns per program
+    block_k: int  # reduction chunk (>= 16 for tl.dot)
+    num_warps: int = 4  # warps per program (GPU only)
+    num_stages: int = 3  # software-pipelining depth of the K loop (GPU only)
+
+
+def heuristic_blocks(m: int, k: int, n: int, dtype: torch.dtype) -> LinearBlocks:
+    """Recorded heuristic (not measured in this session: no GPU): 64 x 128 output tiles give
+    B*N*H = 4096 rows x 512 columns = 256 programs, about two waves on 132 SMs, and keep the fp32
+    accumulator at 64 registers per thread with 4 warps; K chunks of 64 (bf16) or 32 (fp32) keep
+    three pipeline stages of x and W tiles within ~100 KB of shared memory."""
+    bn = min(128, max(16, triton.next_power_of_2(n)))
+    bm = min(64, max(16, triton.next_power_of_2(m)))
+    bk = 64 if dtype != torch.float32 else 32
+    return LinearBlocks(block_m=bm, block_n=bn, block_k=min(bk, max(16, triton.next_power_of_2(k))))
+
+
+# Searched per (M, K, N) on the GPU when autotuning is on; the heuristic's pick is the first.
+AUTOTUNE_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+    for bm, bn, bk, w, st in [
+        (64, 128, 64, 4, 3),
+        (64, 128, 32, 4, 4),
+        (32, 128, 64, 4, 3),
+        (64, 64, 64, 4, 3),
+        (128, 128, 64, 8, 3),
+        (128, 64, 64, 4, 3),
+        (64, 256, 64, 8, 3),
+        (32, 64, 128, 4, 2),
+    ]
+]
+
+
+@triton.jit
+def _merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K: tl.constexpr):
+    """Chan et al.'s merge of a chunk's (mean, M2) into the running ones: one pass, and no
+    E[x^2] - E[x]^2 cancellation (VLA hidden states carry large per-channel offsets)."""
+    nb = tl.minimum(K - k0, BLOCK_K).to(tl.float32)
+    seen = k0 * 1.0
+    c_mean = tl.sum(x, axis=1) / nb
+    d = tl.where(k_ok[None, :], x - c_mean[:, None], 0.0)
+    delta = c_mean - mean
+    total = seen + nb
+    mean += delta * (nb / total)
+    m2 += tl.sum(d * d, axis=1) + delta * delta * (seen * nb / total)
+    return mean, m2
+
+
+@triton.jit
+def _fused_linear_kernel(
+    x_ptr,  # [M, K] any float dtype, row stride stride_xm, unit column stride
+    w_ptr,  # [K, NOUT] compute dtype, contiguous
+    bias_ptr,  # [NOUT] fp32
+    table_ptr,  # [steps_max, NOUT] fp32 (read only when HAS_TABLE)
+    ln_w_ptr,  # [K] fp32 (read only when HAS_LN)
+    ln_b_ptr,  # [K] fp32
+    colsum_ptr,  # [NOUT] fp32 (read only when LN_FOLDED)
+    y_ptr,  # [M, NOUT] compute dtype, row stride stride_ym
+    M,
+    K,
+    NOUT,
+    STEPS,
+    stride_xm,
+    stride_ym,
+    eps,
+    HAS_LN: tl.constexpr,  # normalise each x tile as it loads (statistics from a first pass)
+    LN_FOLDED: tl.constexpr,  # LN folded into W: statistics gathered in the matmul loop itself
+    RELU: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    HAS_TABLE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < NOUT
+    offs_k = tl.arange(0, BLOCK_K)
+    x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm
+
+    mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if HAS_LN:
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + offs_k
+            k_ok = kk < K
+            x = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            mean, m2 = _merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K)
+    rstd = 1.0 / tl.sqrt(m2 / K + eps)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        k_ok = kk < K
+        x = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if LN_FOLDED:
+            mean, m2 = _merge_moments(mean, m2, x.to(tl.float32), k_ok, k0, K, BLOCK_K)
+        if HAS_LN:
+            g = tl.load(ln_w_ptr + kk, mask=k_ok, other=0.0)
+            b = tl.load(ln_b_ptr + kk, mask=k_ok, other=0.0)
+            x = (x.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :]
+        w = tl.load(w_ptr + kk[:, None] * NOUT + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        # x goes to the weight's dtype as the torch reference stores activations; bf16 inputs
+        # already are, so on the GPU both casts vanish and the tile feeds the MMA as loaded.
+        acc = tl.dot(x.to(w_ptr.dtype.element_ty).to(DOT_DTYPE), w.to(DOT_DTYPE), acc)
+
+    if LN_FOLDED:
+        rstd = 1.0 / tl.sqrt(m2 / K + eps)
+        colsum = tl.load(colsum_ptr + cols, mask=col_ok, other=0.0)
+        acc = (acc - mean[:, None] * colsum[None, :]) * rstd[:, None]
+    acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
+    out_mask = row_ok[:, None] & col_ok[None, :]
+    if HAS_TABLE:
+        step = rows % STEPS
+        acc += tl.load(table_ptr + step[:, None] * NOUT + cols[None, :], mask=out_mask, other=0.0)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    if RESIDUAL:
+        acc += tl.load(x_rows + cols[None, :], mask=out_mask, other=0.0).to(tl.float32)
+    y_ptrs = y_ptr + rows[:, None].to(tl.int64) * stride_ym + cols[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+_autotuned = None
+
+
+def _autotuned_kernel():
+    global _autotuned
+    if _autotuned is None:
+        _autotuned = triton.autotune(AUTOTUNE_CONFIGS, key=["M", "K", "NOUT", "HAS_LN", "LN_FOLDED"])(_fused_linear_kernel)
+    return _autotuned
+
+
+def fused_linear(
+    layer: FoldedLinear,
+    x: torch.Tensor,  # [M, K], unit stride along K (a column slice of a wider tensor is fine)
+    steps: int = 1,  # rows per table period (H) when the layer has a per-step table
+    blocks: LinearBlocks | None = None,  # None: heuristic, or autotune when `autotune`
+    autotune: bool = False,  # search AUTOTUNE_CONFIGS on the GPU (first call per shape)
+) -> torch.Tensor:
+    """One launch: [M, K] -> [M, N] in the layer's compute dtype."""
+    k, n = layer.weight.shape
+    if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
+        raise ValueError(f"fused_linear: x must be [M, {k}] with unit column stride, got {tuple(x.shape)}")
+    if layer.residual and k != n:
+        raise ValueError(f"fused_linear: a residual layer needs K == N, got {k} -> {n}")
+    m = x.shape[0]
+    y = torch.empty(m, n, device=x.device, dtype=layer.weight.dtype)
+    has_ln = layer.ln_weight is not None
+    args = (
+        x,
+        layer.weight,
+        layer.bias,
+        layer.table if layer.table is not None else layer.bias,
+        layer.ln_weight if has_ln else layer.bias,
+        layer.ln_bias if has_ln else layer.bias,
+        layer.colsum if layer.ln_folded else layer.bias,
+        y,
+        m,
+        k,
+        n,
+        steps,
+        x.stride(0),
+        y.stride(0),
+        layer.ln_eps,
+    )
+    flags = dict(
+        HAS_LN=has_ln,
+        LN_FOLDED=layer.ln_folded,
+        RELU=layer.relu,
+        RESIDUAL=layer.residual,
+        HAS_TABLE=layer.table is not None,
+        DOT_DTYPE=dot_dtype(layer.weight.dtype),
+    )
+    if autotune and blocks is None and not interpreting():
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+        _autotuned_kernel()[grid](*args, **flags)
+        return y
+    bl = blocks or heuristic_blocks(m, k, n, layer.weight.dtype)
+    grid = (triton.cdiv(m, bl.block_m), triton.cdiv(n, bl.block_n))
+    _fused_linear_kernel[grid](
+        *args,
+        **flags,
+        BLOCK_M=bl.block_m,
+        BLOCK_N=bl.block_n,
+        BLOCK_K=bl.block_k,
+        num_warps=bl.num_warps,
+        num_stages=bl.num_stages,
+    )
+    return y

@@ -1,0 +1,81 @@
+"""EnergyScorer: one Scorer interface over the triton, torch and onnxruntime backends.
+
+`auto` picks triton when the model is on CUDA and triton is importable, else torch. onnxruntime
+is never picked automatically: it needs an exported file (`energy-rerank export --onnx`).
+CUDA graphs wrap the chosen backend when the model is on CUDA and the config asks for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from energy_rerank.kernels.cuda_graphs import DEFAULT_B_BUCKETS, DEFAULT_N_BUCKETS, GraphedScorer
+from energy_rerank.kernels.triton_support import triton_usable
+
+from energy_rerank.energy import EnergyModel
+from energy_rerank.scoring import Scorer, TorchScorer
+
+Backend = Literal["auto", "triton", "torch", "onnxruntime"]
+BACKENDS = ("auto", "triton", "torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """How scoring runs; the server reads it from its config file."""
+
+    backend: Backend = "auto"  # auto = triton on CUDA when triton imports, else torch
+    dtype: Literal["model", "float32", "bfloat16"] = "model"  # triton compute dtype (model = as loaded)
+    cuda_graphs: bool = True  # capture each (B, N) bucket in a CUDA graph (CUDA only)
+    b_buckets: tuple[int, ...] = DEFAULT_B_BUCKETS  # graph buckets for the number of contexts
+    n_buckets: tuple[int, ...] = DEFAULT_N_BUCKETS  # graph buckets for candidates per context
+    autotune: bool = True  # triton: search block sizes per shape on the GPU (else the heuristic)
+    onnx_path: str | None = None  # onnxruntime: the exported file
+
+
+def resolve_backend(model: EnergyModel, backend: str) -> str:
+    """'auto' -> the concrete backend for this model's device; other names are checked."""
+    if backend not in BACKENDS:
+        raise ValueError(f"scorer backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    device = next(model.parameters()).device
+    return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+
+
+class EnergyScorer:
+    """The scorer the reranker holds: `score(hidden, valid, candidates) -> [B, N]` on any backend."""
+
+    def __init__(self, model: EnergyModel, config: ScorerConfig | None = None) -> None:
+        self.config = config = config or ScorerConfig()
+        self.backend = resolve_backend(model, config.backend)
+        device = next(model.parameters()).device
+        impl: Scorer
+        if self.backend == "triton":
+            from energy_rerank.kernels.triton_scorer import TritonScorer
+
+            dtype = None if config.dtype == "model" else getattr(torch, config.dtype)
+            impl = TritonScorer(model, dtype=dtype, autotune=config.autotune)
+        elif self.backend == "torch":
+            impl = TorchScorer(model)
+        else:
+            if not config.onnx_path:
+                raise ValueError("backend 'onnxruntime' needs onnx_path (write it with `energy-rerank export --onnx`)")
+            from energy_rerank.kernels.onnx_export import OnnxScorer
+
+            impl = OnnxScorer(Path(config.onnx_path), device=device)
+        if config.cuda_graphs and device.type == "cuda" and self.backend != "onnxruntime":
+            impl = GraphedScorer(impl, config.b_buckets, config.n_buckets)
+        self.impl = impl
+        self.name = impl.name
+
+    def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, D], valid [B, S] bool, candidates [B, N, H, A] -> energies [B, N] float32."""
+        return self.impl.score(hidden, valid, candidates)
+
+
+def make_scorer(model: EnergyModel, backend: Backend = "auto", **options) -> EnergyScorer:
+    """EnergyScorer for `model`; options are ScorerConfig fields (e.g. cuda_graphs=False)."""
+    return EnergyScorer(model, ScorerConfig(backend=backend, **options))

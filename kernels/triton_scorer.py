@@ -1,0 +1,127 @@
+"""The Triton scorer: one scoring call as a short, fixed sequence of fused launches.
+
+For the seed architecture (1 context block, 1 action block, 2 head blocks) a call is 11 launches:
+
+    context  [B*S, D_h]  : LN+fc1+ReLU | block | LN+(fc2 . W_kv)         -> keys|values [B*S, 2*hid]
+    actions  [B*N*H, A]  : LN+fc1+ReLU | block | LN+(fc2 . W_q)+PE table -> queries [B*N*H, hid]
+    attention            : masked flash cross attention, all B x N*H rows x heads
+    out_proj             : linear
+    prediction head      : LN+fc1+ReLU | block | block
+    readout              : LN + Linear(hid, 1) + activation + mean over H -> [B, N]
+
+Inputs are read in whatever float dtype they come in (the first layers normalise in fp32), so no
+cast or copy launch precedes the kernels; the whole call is graph-capturable (no host syncs).
+On CUDA the action chain runs on a side stream, concurrently with the context chain it does not
+depend on (a CUDA graph keeps the two as parallel branches): its small launches fill SMs that
+the context's D_h-wide GEMM leaves idle in its last wave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from energy_rerank.kernels.energy_attention import AttentionBlocks, masked_cross_attention
+from energy_rerank.kernels.energy_readout import MAX_HIDDEN, energy_readout
+from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, FoldedEnergyHead, fold_energy_head
+from energy_rerank.kernels.fused_linear import LinearBlocks, fused_linear
+from energy_rerank.kernels.triton_support import triton_usable
+
+from energy_rerank.energy import EnergyModel
+
+
+@dataclass(frozen=True)
+class TritonBlocks:
+    """Block-size overrides (tests use small ones so that every loop runs more than once)."""
+
+    linear: LinearBlocks | None = None  # None: heuristic, or autotune on the GPU
+    attention: AttentionBlocks | None = None  # None: AttentionBlocks()
+
+
+class TritonScorer:
+    """Scorer protocol on the fused Triton kernels (CUDA; CPU tensors under TRITON_INTERPRET=1)."""
+
+    name = "triton"
+
+    def __init__(
+        self,
+        model: EnergyModel,
+        dtype: torch.dtype | None = None,  # compute dtype (default: the model's); fp32 or bf16
+        autotune: bool = True,  # search block sizes on the GPU (first call per shape)
+        blocks: TritonBlocks | None = None,
+        fold_ln_min_k: int = FOLD_LN_MIN_K,  # inputs this wide get their LN folded (tests lower it)
+    ) -> None:
+        device = next(model.parameters()).device
+        if not triton_usable(device):
+            raise RuntimeError(
+                f"the Triton backend needs triton and a CUDA device (or TRITON_INTERPRET=1 with CPU "
+                f"tensors); model is on {device}"
+            )
+        c = model.config
+        dh = c.hidden // c.heads
+        if dh < 16 or dh & (dh - 1) or c.hidden > MAX_HIDDEN:
+            raise ValueError(
+                f"the Triton backend supports hidden/heads a power of two >= 16 and hidden <= {MAX_HIDDEN}; "
+                f"got hidden={c.hidden}, heads={c.heads}. Use backend='torch'."
+            )
+        dtype = dtype or model.compute_dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the Triton backend computes in float32 or bfloat16, got {dtype}")
+        self.model = model.eval()
+        self.head: FoldedEnergyHead = fold_energy_head(model, dtype, fold_ln_min_k)
+        self.device = device
+        self.autotune = autotune
+        self.blocks = blocks or TritonBlocks()
+        self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def _linear(self, layer, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
+        return fused_linear(layer, x, steps=steps, blocks=self.blocks.linear, autotune=self.autotune)
+
+    @torch.inference_mode()
+    def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, D], valid [B, S] bool, candidates [B, N, H, A_in] -> energies [B, N] float32."""
+        f = self.head
+        cfg = self.model.config
+        if hidden.dim() != 3 or hidden.shape[-1] != cfg.context_dim:
+            raise ValueError(f"hidden must be [B, S, {cfg.context_dim}], got {tuple(hidden.shape)}")
+        b, s, _ = hidden.shape
+        if valid.shape != (b, s) or valid.dtype != torch.bool:
+            raise ValueError(f"valid must be bool [{b}, {s}], got {valid.dtype} {tuple(valid.shape)}")
+        if candidates.dim() != 4 or candidates.shape[0] != b:
+            raise ValueError(f"candidates must be [B={b}, N, H, A], got {tuple(candidates.shape)}")
+        _, n, h, a_in = candidates.shape
+        if h > f.max_steps:
+            raise ValueError(f"candidates have H={h} steps; the model's positional table holds {f.max_steps}")
+        if a_in < f.action_offset + f.action_dim:
+            raise ValueError(
+                f"candidates have {a_in} action dims; the energy head reads [{f.action_offset}, "
+                f"{f.action_offset + f.action_dim})"
+            )
+        dev = self.device
+        hidden = hidden.to(dev).contiguous()
+        valid = valid.to(dev).contiguous()
+        candidates = candidates.to(dev).contiguous()
+
+        main = torch.cuda.current_stream(dev) if self.side_stream is not None else None
+        if main is not None:
+            self.side_stream.wait_stream(main)
+        with torch.cuda.stream(self.side_stream) if main is not None else contextlib.nullcontext():
+            a = candidates.view(b * n * h, a_in)[:, f.action_offset : f.action_offset + f.action_dim]
+            for layer in f.actions:
+                a = self._linear(layer, a, steps=h)
+            q = a  # [B*N*H, hid], scaled for exp2
+
+        x = hidden.view(b * s, -1)  # [B*S, D]
+        for layer in f.context:
+            x = self._linear(layer, x)
+        kv = x  # [B*S, 2*hid]
+
+        if main is not None:
+            main.wait_stream(self.side_stream)
+        z = masked_cross_attention(q, kv, valid, f.heads, self.blocks.attention)  # [B*N*H, hid]
+
+        z = self._linear(f.out_proj, z)
+        for layer in f.head:
+            z = self._linear(layer, z)
+        return energy_readout(f, z, steps=h).view(b, n)  # [B, N]

@@ -1,0 +1,46 @@
+"""Whether Triton can run here, and how: compiled on CUDA, or the interpreter on CPU tensors.
+
+Nothing here imports triton at module import time, so `import energy_rerank.kernels` works on a
+machine with neither triton nor CUDA. The kernel modules (fused_linear, energy_attention,
+energy_readout) import triton themselves and are only imported by the Triton scorer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True when TRITON_INTERPRET=1: kernels then run in numpy on CPU tensors (tests, no GPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Can the Triton backend run on tensors of this device?"""
+    if not triton_installed():
+        return False
+    if device.type == "cuda":
+        return not interpreting()
+    return device.type == "cpu" and interpreting()
+
+
+def dot_dtype(storage: torch.dtype):
+    """The operand type for tl.dot.
+
+    On the GPU: the storage type (bf16 operands on the tensor cores; fp32 operands run as tf32).
+    Under the interpreter bf16 arithmetic is not emulated correctly (triton 3.9: a bf16 dot or
+    multiply returns garbage, while bf16 loads, stores and casts work), so operands are rounded
+    to the storage type and multiplied in fp32, which is what the tensor cores compute anyway.
+    """
+    import triton.language as tl
+
+    if interpreting():
+        return tl.float32
+    return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[storage]

@@ -1,0 +1,122 @@
+"""`energy-rerank serve`: flags -> ServerConfig -> run the server until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from energy_rerank.checkpoint import BundleError
+from energy_rerank.kernels.scorer import BACKENDS
+from energy_rerank.server.batcher import BatchConfig
+from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY, ServerConfig
+
+TOKEN_ENV = "ENERGY_RERANK_TOKEN"
+
+DESCRIPTION = """\
+Serve SelectAction / ScoreCandidates / GetModelInfo over gRPC (plus the standard health and
+reflection services) and Prometheus metrics over HTTP.
+
+With no arguments it serves the embedded default: the tiny reference policy and an energy head
+trained on the synthetic task, bound to 127.0.0.1:50051 with metrics on 127.0.0.1:9464.
+Stop with Ctrl-C or SIGTERM: the server reports NOT_SERVING, finishes the calls in flight
+(up to --drain-seconds) and exits.
+
+Auth: set ${env} (or --token-file) to require `authorization: Bearer <token>` on every call
+except health checks. Without TLS the token travels in clear text: bind beyond loopback only
+with --tls-cert/--tls-key.
+""".replace("{env}", TOKEN_ENV)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve the reranker over gRPC", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    d = ServerConfig()
+    g = p.add_argument_group("models")
+    g.add_argument(
+        "--policy", type=Path, default=DEFAULT_POLICY, help="policy bundle directory (default: embedded)"
+    )
+    g.add_argument(
+        "--energy", type=Path, default=DEFAULT_ENERGY, help="energy-head bundle directory (default: embedded)"
+    )
+    g.add_argument(
+        "--device", default=d.device, help="torch device, e.g. cpu or cuda:0 (default: %(default)s)"
+    )
+    g.add_argument("--backend", default=d.backend, choices=BACKENDS,
+                   help="energy scorer backend; auto = triton on CUDA, else torch (default: %(default)s)")  # fmt: skip
+    g.add_argument("--onnx", type=Path, help="exported energy head for --backend onnxruntime")
+    g.add_argument(
+        "--max-candidates",
+        type=int,
+        default=d.max_candidates,
+        help="largest N per request (default: %(default)s)",
+    )
+    g.add_argument("--default-candidates", type=int, default=d.default_candidates,
+                   help="N when a request does not say (default: %(default)s)")  # fmt: skip
+    g = p.add_argument_group("network")
+    g.add_argument(
+        "--address", default=d.address, help="host:port to bind, port 0 = any free (default: %(default)s)"
+    )
+    g.add_argument("--max-message-mb", type=float, default=d.max_message_bytes / 2**20,
+                   help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default: %(default)s)")  # fmt: skip
+    g.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)")
+    g.add_argument("--tls-key", type=Path, help="PEM private key")
+    g.add_argument("--token-file", type=Path, help=f"file holding the bearer token (or set ${TOKEN_ENV})")
+    g.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
+                   help="on shutdown, how long calls in flight may take (default: %(default)s)")  # fmt: skip
+    g = p.add_argument_group("batching")
+    b = BatchConfig()
+    g.add_argument(
+        "--max-batch", type=int, default=b.max_batch, help="requests per model call (default: %(default)s)"
+    )
+    g.add_argument("--max-delay-us", type=int, default=b.max_delay_us,
+                   help="how long a batch may wait for more requests, microseconds (default: %(default)s)")  # fmt: skip
+    g.add_argument("--queue-limit", type=int, default=b.queue_limit,
+                   help="queued requests beyond which new ones get RESOURCE_EXHAUSTED (default: %(default)s)")  # fmt: skip
+    g = p.add_argument_group("metrics")
+    g.add_argument("--metrics-port", type=int, default=d.metrics_port,
+                   help="Prometheus port, 0 = any free, -1 = off (default: %(default)s)")  # fmt: skip
+    g.add_argument(
+        "--metrics-address", default=d.metrics_address, help="exporter bind address (default: %(default)s)"
+    )
+    g.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV) or None
+    return ServerConfig(
+        policy_path=args.policy,
+        energy_path=args.energy,
+        device=args.device,
+        backend=args.backend,
+        onnx_path=args.onnx,
+        address=args.address,
+        batch=BatchConfig(args.max_batch, args.max_delay_us, args.queue_limit),
+        max_candidates=args.max_candidates,
+        default_candidates=args.default_candidates,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        auth_token=token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_address=args.metrics_address,
+        drain_seconds=args.drain_seconds,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from energy_rerank.server.main import serve  # grpc and the models load only when serving
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config_from_args(args)))
+    except (BundleError, OSError, ValueError) as e:  # bad paths, ports, flags: no traceback needed
+        print(f"energy-rerank serve: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,206 @@
+"""Wire <-> numpy/torch: tensors as {dtype, shape, bytes}, camera images, observations.
+
+Everything that arrives is checked before it reaches the model: dtype, shape, byte length,
+finiteness, image decodability. A failure raises `InvalidInput` naming the field and what was
+expected, so the caller can fix the request without reading server logs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from energy_rerank.policy.base import Observation, PolicyDescription
+from energy_rerank.reranker import Reranker, Selection, SelectParams
+from energy_rerank.server._proto import rerank_pb2 as pb
+from energy_rerank.server.errors import InvalidInput
+
+# The only dtypes accepted on the wire, by their numpy names (little-endian, as sent).
+WIRE_DTYPES = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in ("float32", "float16", "float64", "int32", "int64", "uint8", "bool")
+}
+MAX_IMAGE_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
+
+
+# ------------------------------------------------------------------ tensors
+def decode_tensor(
+    t: pb.Tensor,
+    field: str,
+    dtypes: Sequence[str],
+    shape: Sequence[int | None],
+    finite: bool = True,
+) -> np.ndarray:
+    """Tensor message -> numpy array of one of `dtypes` and `shape` (None = any size >= 1)."""
+    want = f"{'|'.join(dtypes)} [{', '.join('?' if d is None else str(d) for d in shape)}]"
+    if t.dtype not in dtypes:
+        raise InvalidInput(field, f"dtype {t.dtype or '(unset)'!r}, expected {want}")
+    got = tuple(int(d) for d in t.shape)
+    if len(got) != len(shape) or any(
+        d < 1 or (w is not None and d != w) for d, w in zip(got, shape, strict=True)
+    ):
+        raise InvalidInput(field, f"shape {list(got)}, expected {want}")
+    dt = WIRE_DTYPES[t.dtype]
+    nbytes = math.prod(got) * dt.itemsize
+    if len(t.data) != nbytes:
+        raise InvalidInput(field, f"{len(t.data)} data bytes, shape {list(got)} {t.dtype} needs {nbytes}")
+    a = np.frombuffer(t.data, dtype=dt).reshape(got).copy()  # writable, owns its memory
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise InvalidInput(field, "contains NaN or Inf")
+    return a
+
+
+def encode_tensor(a: np.ndarray | torch.Tensor) -> pb.Tensor:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    a = np.ascontiguousarray(a)
+    if a.dtype.name not in WIRE_DTYPES:
+        raise TypeError(f"cannot send dtype {a.dtype} (allowed: {sorted(WIRE_DTYPES)})")
+    a = a.astype(WIRE_DTYPES[a.dtype.name], copy=False)
+    return pb.Tensor(dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
+
+
+# ------------------------------------------------------------------ images
+def decode_image(img: pb.Image, field: str) -> np.ndarray:
+    """Image message -> uint8 [h, w, 3] RGB."""
+    if not img.data:
+        raise InvalidInput(field, "empty image data")
+    if img.encoding == pb.Image.RAW:
+        h, w = int(img.height), int(img.width)
+        if h < 1 or w < 1:
+            raise InvalidInput(field, f"RAW image needs height and width >= 1, got {h}x{w}")
+        if len(img.data) != h * w * 3:
+            raise InvalidInput(field, f"RAW {h}x{w}x3 uint8 needs {h * w * 3} bytes, got {len(img.data)}")
+        return np.frombuffer(img.data, dtype=np.uint8).reshape(h, w, 3).copy()
+    fmt = {pb.Image.JPEG: "JPEG", pb.Image.PNG: "PNG"}.get(img.encoding)
+    if fmt is None:
+        raise InvalidInput(field, "encoding must be JPEG, PNG or RAW (uint8 [height, width, 3])")
+    try:
+        with PILImage.open(io.BytesIO(img.data), formats=[fmt]) as pil:
+            if pil.width * pil.height > MAX_IMAGE_PIXELS:
+                raise InvalidInput(field, f"{pil.width}x{pil.height} exceeds {MAX_IMAGE_PIXELS} pixels")
+            return np.asarray(pil.convert("RGB"), dtype=np.uint8)  # [h, w, 3]
+    except InvalidInput:
+        raise
+    except Exception as e:  # PIL raises a zoo of types for corrupt files
+        raise InvalidInput(field, f"cannot decode as {fmt}: {type(e).__name__}: {e}") from None
+
+
+# ------------------------------------------------------------------ observations
+def decode_observation(
+    obs: pb.Observation, desc: PolicyDescription, field: str = "observation"
+) -> Observation:
+    """Validate an observation against what the served policy reads."""
+    images = {name: decode_image(img, f"{field}.images[{name!r}]") for name, img in obs.images.items()}
+    missing = [c for c in desc.cameras if c not in images]
+    if missing:
+        raise InvalidInput(
+            f"{field}.images", f"missing camera(s) {missing}; the policy reads {list(desc.cameras)}"
+        )
+    state = _vector(obs, "state", desc.state_dim, field)
+    lowdim = _vector(obs, "lowdim", desc.lowdim_dim, field)
+    return Observation(images=images, state=state, lowdim=lowdim, instruction=obs.instruction)
+
+
+def _vector(obs: pb.Observation, name: str, dim: int, field: str) -> np.ndarray | None:
+    if dim == 0:
+        return None  # the policy does not read it; anything sent is ignored
+    if not obs.HasField(name):
+        raise InvalidInput(f"{field}.{name}", f"required, expected float32 [{dim}]")
+    return decode_tensor(getattr(obs, name), f"{field}.{name}", ("float32",), (dim,))
+
+
+# ------------------------------------------------------------------ parameters and answers
+RULES = {pb.SELECTION_RULE_UNSPECIFIED: "argmin", pb.ARGMIN: "argmin", pb.SOFTMAX: "softmax"}
+
+
+def decode_params(p: pb.SelectParams, default_n: int, max_n: int, field: str = "params") -> SelectParams:
+    n = int(p.num_candidates) if p.HasField("num_candidates") else default_n
+    if not 1 <= n <= max_n:
+        raise InvalidInput(f"{field}.num_candidates", f"{n} is outside [1, {max_n}]")
+    sigma = float(p.sigma_scale) if p.HasField("sigma_scale") else 1.0
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise InvalidInput(f"{field}.sigma_scale", f"{sigma} must be finite and >= 0")
+    if p.rule not in RULES:
+        raise InvalidInput(f"{field}.rule", f"unknown value {p.rule}; expected ARGMIN or SOFTMAX")
+    temperature = float(p.temperature) or 1.0
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise InvalidInput(f"{field}.temperature", f"{temperature} must be finite and > 0")
+    return SelectParams(
+        num_candidates=n,
+        sigma_scale=sigma,
+        seed=int(p.seed) % 2**63 if p.HasField("seed") else None,  # torch seeds are int64
+        rule=RULES[p.rule],  # type: ignore[arg-type]
+        temperature=temperature,
+        return_candidates=bool(p.return_candidates),
+    )
+
+
+def encode_selection(
+    s: Selection, model_version: str, timing: dict[str, float], batch_size: int
+) -> pb.SelectActionResponse:
+    return pb.SelectActionResponse(
+        chunk=encode_tensor(s.chunk),
+        index=s.index,
+        energies=encode_tensor(np.asarray(s.energies, np.float32)),
+        candidates=encode_tensor(s.candidates) if s.candidates is not None else None,
+        fallback=s.fallback,
+        fallback_reason=s.fallback_reason,
+        model_version=model_version,
+        timing=encode_timing(timing),
+        batch_size=batch_size,
+    )
+
+
+def encode_timing(seconds: dict[str, float]) -> pb.Timing:
+    return pb.Timing(**{f"{stage}_seconds": v for stage, v in seconds.items()})
+
+
+def decode_score_request(
+    r: pb.ScoreCandidatesRequest, desc: PolicyDescription, max_n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> hidden [B, S, D] float32, valid [B, S] bool, candidates [B, N, H, A] float32."""
+    hidden = decode_tensor(r.hidden, "hidden", ("float32", "float16"), (None, None, desc.hidden_size))
+    b, s, _ = hidden.shape
+    if r.HasField("valid"):
+        valid = decode_tensor(r.valid, "valid", ("bool",), (b, s))
+        if not valid.any(axis=1).all():
+            raise InvalidInput("valid", "every context needs at least one valid (True) token")
+    else:
+        valid = np.ones((b, s), dtype=bool)
+    cands = decode_tensor(
+        r.candidates, "candidates", ("float32",), (b, None, desc.chunk_len, desc.action_dim)
+    )
+    if cands.shape[1] > max_n:
+        raise InvalidInput("candidates", f"N = {cands.shape[1]} candidates exceeds the limit {max_n}")
+    return torch.from_numpy(hidden).float(), torch.from_numpy(valid), torch.from_numpy(cands)
+
+
+def encode_model_info(r: Reranker, default_candidates: int, max_batch: int) -> pb.ModelInfo:
+    d = r.proposer.description
+    h, w = d.image_size or (0, 0)
+    return pb.ModelInfo(
+        model_version=r.model_version,
+        policy_name=d.name,
+        chunk_len=d.chunk_len,
+        action_dim=d.action_dim,
+        hidden_size=d.hidden_size,
+        num_layers=d.num_layers,
+        action_low=r.low.tolist(),
+        action_high=r.high.tolist(),
+        cameras=list(d.cameras),
+        image_height=h,
+        image_width=w,
+        state_dim=d.state_dim,
+        lowdim_dim=d.lowdim_dim,
+        gripper_dims=list(d.gripper_dims),
+        max_candidates=r.max_candidates,
+        default_candidates=default_candidates,
+        scorer_backend=r.scorer.name,
+        max_batch=max_batch,
+    )

@@ -1,0 +1,48 @@
+"""ServerConfig: every knob of `energy-rerank serve`, frozen, with the reason for each default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import energy_rerank
+from energy_rerank.candidates import MAX_CANDIDATES
+from energy_rerank.server.batcher import BatchConfig
+
+# The embedded default served by a bare `energy-rerank serve`: the tiny reference policy and an
+# energy head trained on the synthetic task with the project's own commands (see README).
+ASSETS = Path(energy_rerank.__file__).resolve().parent / "assets" / "default"
+DEFAULT_POLICY = ASSETS / "policy"
+DEFAULT_ENERGY = ASSETS / "energy"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    policy_path: Path = DEFAULT_POLICY  # policy bundle directory (energy_rerank.policy.loading)
+    energy_path: Path = DEFAULT_ENERGY  # energy-head bundle directory (EnergyModel.from_pretrained)
+    device: str = "cpu"  # torch device for both models, e.g. "cuda:0"
+    backend: str = "auto"  # scorer: auto (triton on CUDA, else torch) | torch | triton | onnxruntime
+    onnx_path: Path | None = None  # exported energy head for backend onnxruntime (`energy-rerank export`)
+    address: str = "127.0.0.1:50051"  # host:port to bind; loopback unless exposed on purpose
+    batch: BatchConfig = field(default_factory=BatchConfig)  # dynamic batching knobs
+    max_candidates: int = 1024  # largest N a request may ask for (bounds memory per request)
+    default_candidates: int = 64  # N when a request leaves num_candidates at 0
+    max_message_bytes: int = 4 * 1024 * 1024  # larger requests get RESOURCE_EXHAUSTED (gRPC's default)
+    auth_token: str | None = None  # bearer token required on every call but health; None = no auth
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key enables TLS
+    tls_key: Path | None = None  # PEM private key for tls_cert
+    metrics_port: int | None = 9464  # Prometheus exporter port (0 = any free port, None = off)
+    metrics_address: str = "127.0.0.1"  # the exporter's bind address
+    drain_seconds: float = 5.0  # on shutdown: how long in-flight requests may take to finish
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_candidates <= MAX_CANDIDATES:
+            raise ValueError(f"max_candidates={self.max_candidates} must be in [1, {MAX_CANDIDATES}]")
+        if not 1 <= self.default_candidates <= self.max_candidates:
+            raise ValueError(
+                f"default_candidates={self.default_candidates} must be in [1, max_candidates={self.max_candidates}]"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ValueError("auth_token must not be empty (use None to turn auth off)")

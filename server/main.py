@@ -1,0 +1,40 @@
+"""Run the server until SIGINT/SIGTERM, then drain. Started by `energy-rerank serve` (server/cli.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from energy_rerank.server.app import RerankServer
+from energy_rerank.server.config import ServerConfig
+from energy_rerank.server.models import load_reranker, warm_up
+
+log = logging.getLogger("energy_rerank.server")
+
+
+async def serve(config: ServerConfig) -> None:
+    reranker = load_reranker(config)
+    warm_up(reranker)
+    server = RerankServer(config, reranker)
+    await server.start()
+    scheme = "https (TLS)" if config.tls_cert else "insecure"
+    print(
+        f"energy-rerank: serving {reranker.model_version} ({reranker.scorer.name} scorer, {config.device})",
+        flush=True,
+    )
+    print(f"energy-rerank: listening on {server.address} ({scheme}, auth {'on' if config.auth_token else 'off'})",
+          flush=True)  # fmt: skip
+    if server.metrics_port is not None:
+        print(
+            f"energy-rerank: metrics at http://{config.metrics_address}:{server.metrics_port}/metrics",
+            flush=True,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print(f"energy-rerank: draining (up to {config.drain_seconds} s)", flush=True)
+    await server.drain()
+    print("energy-rerank: stopped", flush=True)

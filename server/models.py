@@ -1,0 +1,86 @@
+"""Bundles on disk -> the core Reranker the server delegates to."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from energy_rerank.candidates import CandidateSampler
+from energy_rerank.checkpoint import CONFIG_FILE, WEIGHTS_FILE, BundleError
+from energy_rerank.energy import EnergyModel
+from energy_rerank.kernels.scorer import make_scorer
+from energy_rerank.policy.base import Observation, PolicyDescription
+from energy_rerank.policy.loading import load_policy
+from energy_rerank.reranker import Reranker, SelectParams
+from energy_rerank.server.config import ServerConfig
+
+FULL_HASH_LIMIT = 256 * 2**20  # weights files up to this size are hashed in full for the version
+
+
+def load_reranker(config: ServerConfig) -> Reranker:
+    for what, path in (("policy", config.policy_path), ("energy head", config.energy_path)):
+        if not (Path(path) / CONFIG_FILE).is_file():
+            raise BundleError(
+                f"{what} bundle not found at {path} (no {CONFIG_FILE}); pass --{what.split()[0]} or build "
+                "the embedded default as the README explains"
+            )
+    proposer = load_policy(config.policy_path, config.device)
+    energy = EnergyModel.from_pretrained(config.energy_path, map_location=config.device)
+    check_compatible(proposer.description, energy, config)
+    version = (
+        f"{proposer.description.name}@{bundle_digest(config.policy_path)}"
+        f"+energy@{bundle_digest(config.energy_path)}"
+    )
+    return Reranker(
+        proposer,
+        make_scorer(energy, config.backend, onnx_path=str(config.onnx_path) if config.onnx_path else None),
+        CandidateSampler.for_policy(proposer),
+        model_version=version,
+        max_candidates=config.max_candidates,
+    )
+
+
+def warm_up(reranker: Reranker) -> None:
+    """One blank request through every stage, so the first robot is not the one paying for lazy
+    initialisation (allocator, kernels, autotuning)."""
+    d = reranker.proposer.description
+    h, w = d.image_size or (32, 32)
+    obs = Observation(
+        images={cam: np.zeros((h, w, 3), np.uint8) for cam in d.cameras},
+        state=np.zeros(d.state_dim, np.float32) if d.state_dim else None,
+        lowdim=np.zeros(d.lowdim_dim, np.float32) if d.lowdim_dim else None,
+    )
+    reranker.select([obs], [SelectParams(num_candidates=min(8, reranker.max_candidates), seed=0)])
+
+
+def check_compatible(desc: PolicyDescription, energy: EnergyModel, config: ServerConfig) -> None:
+    """The energy head must read this policy's context and chunks; say which bundle disagrees."""
+    c = energy.config
+    problems = []
+    if c.context_dim != desc.hidden_size:
+        problems.append(f"energy context_dim {c.context_dim} != policy hidden_size {desc.hidden_size}")
+    if c.chunk_len < desc.chunk_len:
+        problems.append(f"energy chunk_len {c.chunk_len} < policy chunk_len {desc.chunk_len}")
+    if c.action_offset + c.action_dim > desc.action_dim:
+        problems.append(f"energy scores action dims [{c.action_offset}, {c.action_offset + c.action_dim}) "
+                        f"but the policy has {desc.action_dim}")  # fmt: skip
+    if problems:
+        raise BundleError(f"{config.energy_path} does not fit {config.policy_path}: " + "; ".join(problems))
+
+
+def bundle_digest(path: str | Path) -> str:
+    """Short content hash of a bundle: its version string changes whenever its weights do."""
+    path = Path(path)
+    h = hashlib.sha256((path / CONFIG_FILE).read_bytes())
+    weights = path / WEIGHTS_FILE
+    size = weights.stat().st_size
+    h.update(str(size).encode())
+    if size <= FULL_HASH_LIMIT:
+        with weights.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    for extra in sorted(p for p in path.iterdir() if p.suffix == ".json" and p.name != CONFIG_FILE):
+        h.update(extra.read_bytes())  # stats.json: different statistics = different answers
+    return h.hexdigest()[:12]

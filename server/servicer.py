@@ -1,0 +1,86 @@
+"""RerankService: translate protobuf <-> core types and delegate to the core `Reranker`.
+
+No model logic lives here. Errors are raised, never aborted on: `errors.ErrorInterceptor` maps
+them to status codes. Inference runs on the batcher's worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+
+from energy_rerank.policy.base import Observation
+from energy_rerank.reranker import Reranker, Selection, SelectParams
+from energy_rerank.server import codec
+from energy_rerank.server._proto import rerank_pb2 as pb
+from energy_rerank.server._proto import rerank_pb2_grpc
+from energy_rerank.server.batcher import Batcher
+from energy_rerank.server.config import ServerConfig
+from energy_rerank.server.metrics import Metrics
+
+Item = tuple[Observation, SelectParams]
+
+
+class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
+    def __init__(self, reranker: Reranker, config: ServerConfig, metrics: Metrics) -> None:
+        self.reranker = reranker  # read at every batch: replacing it swaps models between batches
+        self.config = config
+        self.metrics = metrics
+        self.batcher: Batcher[Item, tuple[Selection, str]] = Batcher(self.select_batch, config.batch, metrics)
+
+    def select_batch(self, items: list[Item]) -> list[tuple[Selection, str]]:
+        """Runs on the inference thread. Each answer carries the version of the models that made it."""
+        r = self.reranker
+        return [(s, r.model_version) for s in r.select([o for o, _ in items], [p for _, p in items])]
+
+    async def SelectAction(self, request: pb.SelectActionRequest, context: grpc.aio.ServicerContext):
+        t0 = time.perf_counter()
+        r = self.reranker
+        obs = codec.decode_observation(request.observation, r.proposer.description)
+        params = codec.decode_params(request.params, self.config.default_candidates, r.max_candidates)
+        t1 = time.perf_counter()
+        with self.metrics.inflight.track_inprogress():
+            done = await self.batcher.submit((obs, params), context.time_remaining())
+        s, version = done.result
+        timing = {"validation": t1 - t0, "queue": done.queue_seconds, **s.timing}
+        timing["inference"] = timing.pop("total")
+        timing["total"] = time.perf_counter() - t0
+        self.metrics.observe_stages("SelectAction", timing)
+        self.metrics.observe_energies(s.energies.tolist())
+        self.metrics.requests.labels(method="SelectAction").inc()
+        if s.fallback:
+            self.metrics.fallbacks.inc()
+        return codec.encode_selection(s, version, timing, done.batch_size)
+
+    async def ScoreCandidates(self, request: pb.ScoreCandidatesRequest, context: grpc.aio.ServicerContext):
+        t0 = time.perf_counter()
+        reranker = self.reranker
+        hidden, valid, candidates = codec.decode_score_request(
+            request, reranker.proposer.description, reranker.max_candidates
+        )
+        t1 = time.perf_counter()
+
+        def score() -> tuple[np.ndarray, float]:
+            t = time.perf_counter()
+            energies = reranker.score_candidates(hidden, valid, candidates, normalized=request.normalized)
+            return energies.numpy().astype(np.float32), t  # [B, N]
+
+        energies, t2 = await self.batcher.call(score)
+        t3 = time.perf_counter()
+        timing = {"validation": t1 - t0, "queue": t2 - t1, "score": t3 - t2, "total": t3 - t0}
+        self.metrics.observe_stages("ScoreCandidates", timing)
+        self.metrics.requests.labels(method="ScoreCandidates").inc()
+        return pb.ScoreCandidatesResponse(
+            energies=codec.encode_tensor(energies),
+            argmin=energies.argmin(axis=1).tolist(),
+            model_version=reranker.model_version,
+            timing=codec.encode_timing(timing),
+        )
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext):
+        self.metrics.requests.labels(method="GetModelInfo").inc()
+        return codec.encode_model_info(
+            self.reranker, self.config.default_candidates, self.config.batch.max_batch
+        )

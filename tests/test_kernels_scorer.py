@@ -1,0 +1,92 @@
+"""Backend dispatch, timing and floors, and (on a GPU) CUDA-graph replay of the scorer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from energy_rerank.kernels import EnergyScorer, ScorerConfig, make_scorer, resolve_backend
+from energy_rerank.kernels.folded_weights import fold_energy_head, score_folded
+from energy_rerank.kernels.timing import random_inputs, score_floors, time_scorer
+
+from energy_rerank.config import EnergyConfig
+from energy_rerank.energy import EnergyModel
+from energy_rerank.scoring import Scorer, TorchScorer
+
+
+def tiny_model(**kw) -> EnergyModel:
+    torch.manual_seed(0)
+    cfg = EnergyConfig(context_dim=24, action_dim=7, chunk_len=8, hidden=32, heads=2, **kw)
+    return EnergyModel(cfg).eval()
+
+
+def test_import_needs_neither_triton_nor_cuda():
+    import subprocess
+    import sys
+
+    code = "import sys, energy_rerank.kernels; assert 'triton' not in sys.modules, 'triton imported eagerly'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_auto_picks_torch_without_cuda_and_matches_reference():
+    model = tiny_model()
+    scorer = make_scorer(model)
+    assert isinstance(scorer, Scorer) and scorer.backend == "torch" and scorer.name == "torch"
+    hidden, valid, cand = random_inputs(2, 3, 5, 24, 8, 7, torch.float32, torch.device("cpu"))
+    ref = TorchScorer(model).score(hidden, valid, cand)
+    assert torch.equal(scorer.score(hidden, valid, cand), ref)
+
+
+def test_backend_errors_are_named():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_backend(model, "tensorrt")
+    with pytest.raises(ValueError, match="onnx_path"):
+        EnergyScorer(model, ScorerConfig(backend="onnxruntime"))
+
+
+@pytest.mark.parametrize("activation", ["softplus", "sigmoid", "identity"])
+def test_folded_weights_compute_the_same_head(activation):
+    """The algebra the kernels rely on (fc2 . W_q, PE table, fc2 . W_kv, folded LN), in torch."""
+    model = tiny_model(activation=activation, action_offset=1)
+    hidden, valid, cand = random_inputs(3, 4, 11, 24, 6, 9, torch.float32, torch.device("cpu"), seed=4)
+    ref = TorchScorer(model).score(hidden, valid, cand)
+    for fold_ln_min_k in (1024, 16):
+        out = score_folded(fold_energy_head(model, fold_ln_min_k=fold_ln_min_k), hidden, valid, cand)
+        assert float(((out - ref).abs() / ref.abs().clamp_min(1e-3)).max()) <= 1e-4
+
+
+def test_floors_count_the_folded_head_flops():
+    """score_floors' FLOPs equal what torch's flop counter sees in the folded head."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny_model()
+    b, n, s, h = 2, 5, 13, 8
+    head = fold_energy_head(model)
+    hidden, valid, cand = random_inputs(b, n, s, 24, h, 7, torch.float32, torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        score_folded(head, hidden, valid, cand)
+    floors = score_floors(model.config, b, n, s, h, torch.float32)
+    assert floors.flops == pytest.approx(counter.get_total_flops(), rel=1e-6)
+    seed = score_floors(EnergyConfig(), 8, 64, 300, 8, torch.bfloat16)
+    assert 20e9 < seed.flops < 40e9 and seed.flop_s > seed.byte_s  # ANCHORS.md: ~26 GFLOP, ~30 MB
+
+
+def test_time_scorer_on_cpu():
+    t = time_scorer(TorchScorer(tiny_model()), 2, 4, 5, 24, torch.float32, device="cpu", calls=5, warmup=1)
+    assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cuda_graph_replay_equals_eager(backend):
+    model = tiny_model().cuda()
+    eager = make_scorer(model, backend, cuda_graphs=False)
+    graphed = make_scorer(model, backend, b_buckets=(2, 4), n_buckets=(4, 8))
+    assert graphed.name.endswith("+graph")
+    for b, n, seed in [(2, 3, 0), (3, 8, 1), (1, 1, 2), (3, 5, 3)]:  # padded and exact buckets, reused graphs
+        inputs = random_inputs(b, n, 7, 24, 8, 7, torch.float32, torch.device("cuda"), seed=seed)
+        torch.testing.assert_close(graphed.score(*inputs), eager.score(*inputs), rtol=1e-5, atol=1e-5)
+    assert len(graphed.impl.graphs) == 2
+    with pytest.raises(ValueError, match="bucket"):
+        graphed.score(*random_inputs(5, 1, 7, 24, 8, 7, torch.float32, torch.device("cuda")))

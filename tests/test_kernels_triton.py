@@ -1,0 +1,205 @@
+"""The fused Triton scorer against the core's plain-torch EnergyModel.score.
+
+Without CUDA the kernels run under the Triton interpreter on CPU tensors (TRITON_INTERPRET=1,
+set by the module fixture before the kernel modules are imported, because @triton.jit picks
+interpreter or compiler at decoration time; the variable is restored afterwards). With CUDA
+(`python -m energy_rerank.kernels.check_gpu`) the same tests run compiled on the GPU.
+Sizes are tiny and block sizes small, so that every loop (K chunks, key chunks, row blocks)
+runs more than once and ends on a partial block.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from energy_rerank.config import EnergyConfig
+from energy_rerank.energy import EnergyModel
+
+pytest.importorskip("triton")
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+FP32_TOL = 1e-3  # tf32 dots on the GPU
+BF16_TOL = 2e-2
+
+
+@pytest.fixture(scope="module")
+def k():
+    """The kernel modules, imported under the interpreter when there is no GPU."""
+    old = os.environ.get("TRITON_INTERPRET")
+    if not ON_GPU:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        names = ("triton_scorer", "fused_linear", "energy_attention", "folded_weights")
+        mods = {n: importlib.import_module(f"energy_rerank.kernels.{n}") for n in names}
+        yield SimpleNamespace(**mods)
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def small_blocks(k):
+    return k.triton_scorer.TritonBlocks(
+        linear=k.fused_linear.LinearBlocks(block_m=16, block_n=32, block_k=16),
+        attention=k.energy_attention.AttentionBlocks(block_m=16, block_s=16),
+    )
+
+
+def make_model(activation: str = "softplus", hidden: int = 64, heads: int = 4, seed: int = 0) -> EnergyModel:
+    torch.manual_seed(seed)
+    cfg = EnergyConfig(
+        context_dim=40, action_dim=7, action_offset=1, chunk_len=8, hidden=hidden, heads=heads, activation=activation
+    )
+    return EnergyModel(cfg).to(DEVICE).eval()
+
+
+def make_inputs(b: int, n: int, h: int, s: int, mask: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(b, s, 40, generator=g) * 2 + 0.5
+    if mask == "random":
+        valid = torch.rand(b, s, generator=g) > 0.4
+        valid[:, -1] = True
+    elif mask == "one_token":  # all but one context token masked, at a different place per context
+        valid = torch.zeros(b, s, dtype=torch.bool)
+        valid[torch.arange(b), torch.randint(0, s, (b,), generator=g)] = True
+    else:
+        valid = torch.ones(b, s, dtype=torch.bool)
+    candidates = torch.rand(b, n, h, 9, generator=g) * 2 - 1
+    return hidden.to(DEVICE), valid.to(DEVICE), candidates.to(DEVICE)
+
+
+def reference(model: EnergyModel, hidden, valid, candidates) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.score(model.encode_context(hidden, valid), candidates).float()
+
+
+def max_rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert bool(torch.isfinite(out).all()), "non-finite energies"
+    return float(((out - ref).abs() / ref.abs().clamp_min(1e-3)).max())
+
+
+def assert_same_argmin(out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
+    """Where the best candidate leads the second by more than the tolerance, both pick it."""
+    top2 = ref.topk(min(2, ref.shape[1]), dim=1, largest=False).values
+    for b in range(ref.shape[0]):
+        if ref.shape[1] == 1 or top2[b, 1] - top2[b, 0] > tol * top2[b, 0].abs():
+            assert int(out[b].argmin()) == int(ref[b].argmin()), f"context {b}: argmin differs"
+
+
+# (B, N, H, S, mask, activation): S never a multiple of the 16-key block; N = 1 and N = 3.
+SHAPES = [
+    (2, 3, 5, 37, "random", "softplus"),
+    (1, 1, 8, 19, "all", "sigmoid"),
+    (3, 3, 3, 40 - 7, "one_token", "softplus"),
+    (2, 5, 4, 21, "random", "identity"),
+]
+
+
+@pytest.mark.parametrize("b,n,h,s,mask,activation", SHAPES)
+def test_triton_fp32_matches_reference(k, b, n, h, s, mask, activation):
+    model = make_model(activation)
+    inputs = make_inputs(b, n, h, s, mask, seed=b * 100 + s)
+    ref = reference(model, *inputs)
+    out = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k)).score(*inputs)
+    assert max_rel_err(out, ref) <= FP32_TOL
+    assert_same_argmin(out, ref, FP32_TOL)
+
+
+@pytest.mark.parametrize("b,n,h,s,mask,activation", [SHAPES[0], SHAPES[2]])
+def test_triton_bf16_matches_fp32_reference(k, b, n, h, s, mask, activation):
+    model = make_model(activation)
+    inputs = make_inputs(b, n, h, s, mask, seed=7)
+    ref = reference(model, *inputs)
+    scorer = k.triton_scorer.TritonScorer(model, dtype=torch.bfloat16, blocks=small_blocks(k))
+    assert scorer.head.out_proj.weight.dtype == torch.bfloat16
+    assert max_rel_err(scorer.score(*inputs), ref) <= BF16_TOL
+
+
+def test_triton_bf16_inputs_and_model(k):
+    """A bf16 model fed bf16 hidden states: the kernels read bf16 directly (no cast launch)."""
+    model = make_model("softplus")
+    hidden, valid, cand = make_inputs(2, 3, 6, 23, "random", seed=3)
+    ref = reference(model, hidden, valid, cand)
+    model_bf16 = make_model("softplus").to(torch.bfloat16)
+    out = k.triton_scorer.TritonScorer(model_bf16, blocks=small_blocks(k)).score(hidden.bfloat16(), valid, cand)
+    assert max_rel_err(out, ref) <= BF16_TOL
+
+
+def test_layernorm_folded_into_weights(k):
+    """The wide-input path (context D_h >= 1024 on real models), forced on at tiny sizes."""
+    model = make_model("softplus")
+    inputs = make_inputs(2, 3, 4, 27, "random", seed=11)
+    hidden = inputs[0] * 3 + 4  # a large common offset: the path must not cancel it away badly
+    ref = reference(model, hidden, *inputs[1:])
+    scorer = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), fold_ln_min_k=32)
+    assert scorer.head.context[0].ln_folded and not scorer.head.context[1].ln_folded
+    assert max_rel_err(scorer.score(hidden, *inputs[1:]), ref) <= FP32_TOL
+
+
+def test_fused_linear_every_epilogue(k):
+    """Each fused-linear variant against the torch form of the same folded layer."""
+    model = make_model("softplus")
+    head = k.folded_weights.fold_energy_head(model, fold_ln_min_k=40)
+    blocks = k.fused_linear.LinearBlocks(block_m=16, block_n=32, block_k=16)
+    g = torch.Generator().manual_seed(5)
+    cases = [
+        (head.context[0], torch.randn(37, 40, generator=g) + 3, 1),  # folded LN, ReLU
+        (head.context[1], torch.randn(37, 64, generator=g), 1),  # LN, ReLU, residual
+        (head.actions[-1], torch.randn(30, 64, generator=g), 6),  # LN, per-step table
+        (head.out_proj, torch.randn(30, 64, generator=g), 1),  # plain linear
+        (head.actions[0], torch.randn(30, 9, generator=g)[:, 1:8], 1),  # strided column slice, K = 7
+    ]
+    for layer, x, steps in cases:
+        x = x.to(DEVICE)
+        y = k.fused_linear.fused_linear(layer, x, steps=steps, blocks=blocks)
+        ref = k.folded_weights.apply_linear(layer, x, steps=steps)
+        assert float((y.float() - ref).norm() / ref.norm()) <= 1e-4
+
+
+@pytest.mark.parametrize("mask", ["random", "one_token", "all"])
+def test_attention_kernel_matches_sdpa(k, mask):
+    g = torch.Generator().manual_seed(1)
+    b, r, s, heads, dh = 3, 21, 37, 2, 16
+    q = torch.randn(b * r, heads * dh, generator=g).to(DEVICE)
+    kv = torch.randn(b * s, 2 * heads * dh, generator=g).to(DEVICE)
+    valid = make_inputs(b, 1, 1, s, mask, seed=2)[1]
+    z = k.energy_attention.masked_cross_attention(q, kv, valid, heads, k.energy_attention.AttentionBlocks(16, 16))
+    qh = q.view(b, r, heads, dh).transpose(1, 2) / k.folded_weights.LOG2E  # undo the folded log2(e)
+    kh, vh = kv.view(b, s, 2, heads, dh).permute(2, 0, 3, 1, 4)
+    ref = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=valid[:, None, None, :], scale=1.0)
+    ref = ref.transpose(1, 2).reshape(b * r, heads * dh)
+    assert float((z - ref).abs().max()) <= 1e-4
+
+
+def test_unsupported_shapes_are_named(k):
+    model = make_model("softplus", hidden=48, heads=4)  # d_head 12: not a tl.dot tile
+    with pytest.raises(ValueError, match="hidden/heads"):
+        k.triton_scorer.TritonScorer(model)
+    scorer = k.triton_scorer.TritonScorer(make_model("softplus"))
+    hidden, valid, cand = make_inputs(1, 2, 9, 5, "all", seed=0)  # H = 9 > chunk_len 8
+    with pytest.raises(ValueError, match="H=9"):
+        scorer.score(hidden, valid, cand)
+    with pytest.raises(ValueError, match="valid must be bool"):
+        scorer.score(hidden, valid.float(), cand[:, :, :8])
+
+
+def test_make_scorer_triton_backend_default_blocks(k):
+    """The dispatch path with the recorded heuristic's block sizes (autotuned on a GPU)."""
+    from energy_rerank.kernels import make_scorer
+
+    model = make_model("sigmoid")
+    scorer = make_scorer(model, "triton", cuda_graphs=ON_GPU)
+    assert scorer.backend == "triton"
+    inputs = make_inputs(2, 3, 8, 29, "random", seed=21)
+    ref = reference(model, *inputs)
+    out = scorer.score(*inputs)
+    assert max_rel_err(out, ref) <= FP32_TOL
+    assert_same_argmin(out, ref, FP32_TOL)
