@@ -4,7 +4,8 @@ For each batch size B this measures, for one forward + backward of the B x B mat
   ctx_elems     elements entering the context projection (state_linear): B*S*D for the shared
                 path, B*B*S*D for the seed's `expand(B, B, S, D)` copy;
   ctx_saved_MB  bytes autograd saves for backward inside the context encoder;
-  saved_MB      bytes autograd saves for backward in the whole loss (the activation memory).
+  saved_MB      bytes autograd saves for backward in the whole loss (the activation memory;
+                its non-context part is B x B x H query rows on both paths, inherent to the matrix).
 
     .venv/bin/python scripts/loss_memory.py --sizes 2 4 8 16 32 --seed-max 16 --json out.json
 
@@ -68,7 +69,7 @@ def measure(model: EnergyModel, b: int, s: int, fn: Callable[..., torch.Tensor])
     return {
         "ctx_elems": float(sum(elems)),
         "ctx_saved_MB": ctx_counter.get("ctx", 0) / 2**20,
-        "saved_MB": counts.get("all", 0) / 2**20,
+        "saved_MB": (counts.get("all", 0) + ctx_counter.get("ctx", 0)) / 2**20,  # inner hooks shadow outer
     }
 
 

@@ -62,11 +62,11 @@ def _offline(args: argparse.Namespace) -> int:
     from energy_rerank.energy import EnergyModel
     from energy_rerank.evaluation.offline import OfflineConfig, evaluate_windows
     from energy_rerank.evaluation.report import build_report, write_report
-    from energy_rerank.policy.reference import ReferenceVLA
+    from energy_rerank.policy.loading import load_policy
     from energy_rerank.rollouts.windows import load_windows
     from energy_rerank.scoring import TorchScorer
 
-    policy = ReferenceVLA.load(args.policy)
+    policy = load_policy(args.policy)
     model = EnergyModel.from_pretrained(args.energy)
     images = bool(policy.description.cameras)
     demos = _ints(args.demos, "--demos") if args.demos else None
