@@ -105,7 +105,7 @@ def run_e2e(args: argparse.Namespace, meta: dict) -> list[dict]:
     from energy_rerank.server.testing import ServerProcess
 
     records = []
-    concurrency = [1, 4, 16] if args.quick else [1, 2, 4, 8, 16, 32, 64]
+    concurrency = args.concurrency or ([1, 4, 16] if args.quick else [1, 2, 4, 8, 16, 32, 64])
     model_args = []
     if args.policy:
         model_args += ["--policy", str(args.policy)]
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", type=Path, help="policy bundle for e2e (default: the server's embedded default)")
     p.add_argument("--energy", type=Path, help="energy bundle for e2e (default: the server's embedded default)")
     p.add_argument("--e2e-requests", type=int, default=None, help="requests per client per case (default: 20, quick 8)")
+    p.add_argument("--concurrency", type=int, nargs="*", help="e2e client counts (default: 1 4 16 quick, 1..64 full)")
     p.add_argument("--image-px", type=int, default=224, help="side of the JPEG camera images sent (default: %(default)s)")
     args = p.parse_args(argv)
     device = torch.device(args.device)

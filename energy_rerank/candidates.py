@@ -5,7 +5,10 @@ Order of the candidates of one observation (SEEDS.md section 3, "layer actions p
   1 .. K       layer chunks, `config.layers` in that order (default: all but the last, latest first)
   K+1 .. N-1   Gaussian perturbations: candidate j (counted from the first noise candidate) uses
                sigma = sigmas[j % len(sigmas)] * sigma_scale * dim_sigmas, around the base
-               (or, with perturb_layers, around chunk (j // len(sigmas)) % (K+1) of the above)
+               (or, with perturb_layers, around chunk (j // len(sigmas)) % (K+1) of the above).
+               A share `offset_share` of the variance is one offset per dim for the whole chunk,
+               the rest is i.i.d. per step: a policy's errors are mostly consistent over a chunk
+               (heading for the wrong place), and i.i.d. noise in H * A dims almost never undoes them.
 Gripper dims are binary: never perturbed, snapped to the nearer of `gripper_values` in every
 candidate (the base included: the robot executes a binary gripper anyway), and for noise
 candidates set by `gripper_mode`:
@@ -56,6 +59,7 @@ class SamplerConfig:
     gripper_values: tuple[float, float] = (-1.0, 1.0)  # the two legal gripper values (open, closed)
     max_candidates: int = MAX_CANDIDATES  # largest N accepted (at most MAX_CANDIDATES)
     dim_sigmas: tuple[float, ...] | None = None  # per-dim multiplier of sigma ([A]; None = 1 everywhere)
+    offset_share: float = 0.75  # share of the noise variance that is one offset per dim for all H steps
 
     def __post_init__(self) -> None:
         if not self.sigmas or any(not (math.isfinite(s) and s >= 0) for s in self.sigmas):
@@ -66,6 +70,8 @@ class SamplerConfig:
             raise ValueError(f"gripper_values must be two different values, got {self.gripper_values}")
         if not 1 <= self.max_candidates <= MAX_CANDIDATES:
             raise ValueError(f"max_candidates must be in [1, {MAX_CANDIDATES}], got {self.max_candidates}")
+        if not 0.0 <= self.offset_share <= 1.0:
+            raise ValueError(f"offset_share must be in [0, 1], got {self.offset_share}")
         if self.dim_sigmas is not None and any(not (math.isfinite(s) and s >= 0) for s in self.dim_sigmas):
             raise ValueError(f"dim_sigmas must be finite values >= 0, got {self.dim_sigmas}")
 
@@ -147,17 +153,8 @@ class CandidateSampler:
         base = proposals.base.detach().float().cpu()  # [B, H, A]
         layers = proposals.layer_actions.detach().float().cpu()  # [B, L, H, A]
         index = self._layer_indices(layers.shape[1])
-        rows = [
-            self._row(
-                base[i],
-                layers[i],
-                index,
-                n,
-                secrets.randbits(63) if seeds[i] is None else int(seeds[i]),
-                scales[i],
-            )
-            for i in range(b)
-        ]
+        seed_values = [secrets.randbits(63) if s is None else int(s) for s in seeds]
+        rows = [self._row(base[i], layers[i], index, n, seed_values[i], scales[i]) for i in range(b)]
         return torch.stack(rows).to(proposals.base.device)  # [B, N, H, A]
 
     def _row(
@@ -172,7 +169,9 @@ class CandidateSampler:
             out = fixed[:k].clone()
             out[..., g] = self._snap(out[..., g])
             return self._clip(out)
-        noise, flip_at = _draw(seed, m, base.shape)  # [m, H, A], [m]
+        noise, offset, flip_at = _draw(seed, m, base.shape)  # [m, H, A], [m, A], [m]
+        f = self.config.offset_share
+        noise = math.sqrt(f) * offset[:, None] + math.sqrt(1.0 - f) * noise  # still unit variance per entry
         j = torch.arange(m)
         sources = (
             fixed[(j // len(self.config.sigmas)) % fixed.shape[0]]
@@ -230,12 +229,14 @@ class CandidateSampler:
         return [i % num_layers for i in self.config.layers]
 
 
-def _draw(seed: int, m: int, chunk_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-    """m noise chunks [m, H, A] and flip steps [m] from one seeded stream, BLOCK candidates per draw."""
+def _draw(seed: int, m: int, chunk_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For m candidates from one seeded stream, BLOCK at a time: per-step noise [m, H, A],
+    per-chunk offsets [m, A] and flip steps [m]."""
     gen = torch.Generator().manual_seed(seed)
-    h = chunk_shape[0]
-    noise, flips = [], []
+    h, a = chunk_shape
+    noise, offsets, flips = [], [], []
     for _ in range(-(-m // BLOCK)):
-        noise.append(torch.randn(BLOCK, *chunk_shape, generator=gen))
+        noise.append(torch.randn(BLOCK, h, a, generator=gen))
+        offsets.append(torch.randn(BLOCK, a, generator=gen))
         flips.append(torch.randint(0, h, (BLOCK,), generator=gen))
-    return torch.cat(noise)[:m], torch.cat(flips)[:m]
+    return torch.cat(noise)[:m], torch.cat(offsets)[:m], torch.cat(flips)[:m]

@@ -92,6 +92,10 @@ class Reranker:
             proposals = self.proposer.propose(observations)
         except Exception as e:
             raise PolicyFailure(f"policy failed: {e}") from e
+        # Checked before the sampler, whose clipping would turn an Inf into a saturated action.
+        if not bool(torch.isfinite(proposals.base).all()):
+            raise PolicyFailure("policy produced a non-finite chunk")
+        broken = (~torch.isfinite(proposals.layer_actions)).flatten(1).any(1).tolist()  # [B] bad alternatives
         t1 = time.perf_counter()
         n_max = max(p.num_candidates for p in params)
         candidates = self.sampler.sample(
@@ -104,7 +108,12 @@ class Reranker:
         energies, reason = self._score(proposals, candidates)
         t3 = time.perf_counter()
         timing = {"policy": t1 - t0, "candidates": t2 - t1, "score": t3 - t2}
-        out = [self._finish(i, p, proposals, candidates, energies, reason, timing) for i, p in enumerate(params)]
+        out = [
+            self._finish(i, p, proposals, candidates, None, "policy produced non-finite layer chunks", timing)
+            if broken[i]
+            else self._finish(i, p, proposals, candidates, energies, reason, timing)
+            for i, p in enumerate(params)
+        ]
         total = time.perf_counter() - t0
         for s in out:
             s.timing["total"] = total

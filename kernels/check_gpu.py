@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 
 import torch
-from energy_rerank.kernels.scorer import make_scorer
-from energy_rerank.kernels.timing import random_inputs, score_floors, time_scorer
 
 from energy_rerank.config import EnergyConfig
 from energy_rerank.energy import EnergyModel
+from energy_rerank.kernels.scorer import make_scorer
+from energy_rerank.kernels.timing import random_inputs, score_floors, time_scorer
 from energy_rerank.scoring import TorchScorer
 
 SEED_S, SEED_H, SEED_A = 300, 8, 7

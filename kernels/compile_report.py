@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-DIVISIBLE_BY_16 = {"M", "K", "NOUT", "stride_xm", "stride_ym", "R", "S", "HID", "stride_q", "stride_kv", "stride_z", "stride_x"}
+DIVISIBLE_BY_16 = {"M", "M_BUCKET", "K", "NOUT", "stride_xm", "stride_ym", "R", "S", "HID", "stride_q", "stride_kv", "stride_z", "stride_x"}
 SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL", "LDGSTS")
 
 
@@ -56,6 +56,7 @@ def _compile(fn, types: dict[str, str], consts: dict, num_warps: int, num_stages
 def variants(all_configs: bool):
     """(label, kernel, arg types, constexprs, warps, stages) for every variant the scorer launches."""
     import triton.language as tl
+
     from energy_rerank.kernels import energy_attention, energy_readout, fused_linear
 
     lin = fused_linear._fused_linear_kernel
@@ -69,7 +70,7 @@ def variants(all_configs: bool):
     for dt, dot in (("bf16", tl.bfloat16), ("fp32", tl.float32)):
         types = {n: "*fp32" for n in ("bias_ptr", "table_ptr", "ln_w_ptr", "ln_b_ptr", "colsum_ptr")}
         types |= {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "y_ptr": f"*{dt}", "eps": "fp32"}
-        types |= {n: "i32" for n in ("M", "K", "NOUT", "STEPS", "stride_xm", "stride_ym")}
+        types |= {n: "i32" for n in ("M", "K", "NOUT", "STEPS", "M_BUCKET", "stride_xm", "stride_ym")}
         for mode, flags in modes.items():
             for cfg in configs:
                 c = cfg.kwargs

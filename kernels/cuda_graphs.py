@@ -3,7 +3,8 @@
 Eager scoring of this head is bound by kernel launches (ANCHORS.md: ~1 ms eager against ~0.04 ms
 of work); a replayed graph issues all of a call's launches at once. Shapes are rounded up to
 buckets so that a handful of graphs serve every request: the real inputs are copied into the
-front of static buffers and the energies sliced back out. Padding never changes real outputs:
+front of static buffers and the energies sliced back out; shapes above the largest bucket are
+scored eagerly. Padding never changes real outputs:
 every context and every candidate is scored independently. Padded contexts keep valid = True,
 so their (discarded) energies stay finite.
 
@@ -14,11 +15,14 @@ Autotuning runs during the warm-up before capture, never inside it.
 from __future__ import annotations
 
 import bisect
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from energy_rerank.scoring import Scorer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_B_BUCKETS = (1, 2, 4, 8, 16, 32)
 DEFAULT_N_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256)
@@ -33,12 +37,10 @@ class _Graph:
     energies: torch.Tensor  # [Bb, Nb] static output
 
 
-def bucket(value: int, buckets: tuple[int, ...], name: str) -> int:
-    """Smallest bucket >= value."""
+def bucket(value: int, buckets: tuple[int, ...]) -> int | None:
+    """Smallest bucket >= value, or None when value is above them all."""
     i = bisect.bisect_left(buckets, value)
-    if i == len(buckets):
-        raise ValueError(f"{name}={value} is above the largest CUDA-graph bucket {buckets[-1]}")
-    return buckets[i]
+    return buckets[i] if i < len(buckets) else None
 
 
 class GraphedScorer:
@@ -61,6 +63,7 @@ class GraphedScorer:
         self.device = torch.device(getattr(scorer, "device", "cuda"))
         self.pool = torch.cuda.graph_pool_handle()  # one memory pool shared by every bucket's graph
         self.graphs: dict[tuple, _Graph] = {}
+        self.eager_shapes: set[tuple[int, int]] = set()  # shapes above the buckets, warned about once
 
     def _capture(self, key: tuple, like: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> _Graph:
         bb, nb, s, h = key[:4]
@@ -82,10 +85,18 @@ class GraphedScorer:
 
     def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D], valid [B, S] bool, candidates [B, N, H, A] -> energies [B, N] float32."""
+        if hidden.dim() != 3 or candidates.dim() != 4:
+            return self.inner.score(hidden, valid, candidates)  # which names the malformed input
         b, s, _ = hidden.shape
         _, n, h, _ = candidates.shape
-        bb = bucket(b, self.b_buckets, "B")
-        nb = bucket(n, self.n_buckets, "N")
+        bb, nb = bucket(b, self.b_buckets), bucket(n, self.n_buckets)
+        if bb is None or nb is None:
+            # Larger than any bucket: eager is slower but right; failing would make the reranker
+            # fall back to the base chunk on every such request.
+            if (b, n) not in self.eager_shapes:
+                self.eager_shapes.add((b, n))
+                log.warning("B=%d N=%d is above the CUDA-graph buckets; scoring it eagerly", b, n)
+            return self.inner.score(hidden, valid, candidates)
         key = (bb, nb, s, h, hidden.shape[-1], candidates.shape[-1], hidden.dtype, candidates.dtype)
         g = self.graphs.get(key)
         if g is None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
 from energy_rerank.kernels.triton_support import dot_dtype
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from energy_rerank.kernels.folded_weights import FoldedEnergyHead
 
 MAX_HIDDEN = 1024  # one row per program register tile; wider heads need a K loop here

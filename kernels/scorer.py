@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from energy_rerank.kernels.cuda_graphs import DEFAULT_B_BUCKETS, DEFAULT_N_BUCKETS, GraphedScorer
-from energy_rerank.kernels.triton_support import triton_usable
 
 from energy_rerank.energy import EnergyModel
+from energy_rerank.kernels.cuda_graphs import DEFAULT_B_BUCKETS, DEFAULT_N_BUCKETS, GraphedScorer
+from energy_rerank.kernels.triton_support import triton_usable
 from energy_rerank.scoring import Scorer, TorchScorer
 
 Backend = Literal["auto", "triton", "torch", "onnxruntime"]

@@ -22,13 +22,13 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+
+from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.energy_attention import AttentionBlocks, masked_cross_attention
 from energy_rerank.kernels.energy_readout import MAX_HIDDEN, energy_readout
 from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, FoldedEnergyHead, fold_energy_head
 from energy_rerank.kernels.fused_linear import LinearBlocks, fused_linear
 from energy_rerank.kernels.triton_support import triton_usable
-
-from energy_rerank.energy import EnergyModel
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,9 @@ def oracle_best_of_n(
     for start in range(0, len(windows), batch):
         idx = range(start, min(start + batch, len(windows)))
         proposals = proposer.propose([windows.observations[i] for i in idx])
-        cands = sampler.sample(proposals, n_max, seeds=[seed + i for i in idx], sigma_scales=[sigma_scale] * len(idx))
+        cands = sampler.sample(
+            proposals, n_max, seeds=[seed + i for i in idx], sigma_scales=[sigma_scale] * len(idx)
+        )
         robot = cands.float().cpu()
         robot = stats.unnormalize_actions(robot) if stats else robot
         robot = torch.maximum(torch.minimum(robot, high), low)  # [b, N, H, A]
@@ -56,11 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", help="policy bundle (default: train a tiny low-dim policy first)")
     p.add_argument("--episodes", type=int, default=20, help="held-out episodes (default 20)")
-    p.add_argument("--episode-seed", type=int, default=1_000_003, help="held-out episode stream (default 1000003)")
+    p.add_argument(
+        "--episode-seed", type=int, default=1_000_003, help="held-out episode stream (default 1000003)"
+    )
     p.add_argument("--ns", default="1,2,4,8,16,32,64", help="candidate counts, comma-separated")
-    p.add_argument("--sigma-scale", type=float, default=1.0, help="multiplies the sampler's sigmas (default 1)")
-    p.add_argument("--gripper-mode", choices=("keep", "flip", "vote"), default="keep", help="sampler gripper mode")
-    p.add_argument("--steps", type=int, default=600, help="BC steps when training a policy here (default 600)")
+    p.add_argument(
+        "--sigma-scale", type=float, default=1.0, help="multiplies the sampler's sigmas (default 1)"
+    )
+    p.add_argument(
+        "--gripper-mode", choices=("keep", "flip", "vote"), default="keep", help="sampler gripper mode"
+    )
+    p.add_argument(
+        "--steps", type=int, default=600, help="BC steps when training a policy here (default 600)"
+    )
     args = p.parse_args(argv)
 
     from energy_rerank.policy.loading import load_policy

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from energy_rerank.reranker import Reranker
 from energy_rerank.server._proto import rerank_pb2, rerank_pb2_grpc
+from energy_rerank.server.admin import AdminServicer, EnergyHeadSwapper
 from energy_rerank.server.auth import BearerTokenInterceptor
 from energy_rerank.server.config import ServerConfig
 from energy_rerank.server.errors import ErrorInterceptor
@@ -24,6 +25,8 @@ from energy_rerank.server.servicer import RerankServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = rerank_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name
+ADMIN_SERVICE_NAME = rerank_pb2.DESCRIPTOR.services_by_name["RerankAdmin"].full_name
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 class RerankServer:
@@ -31,6 +34,7 @@ class RerankServer:
         self.config = config
         self.metrics = Metrics()
         self.servicer = RerankServicer(reranker, config, self.metrics)
+        self.swapper = EnergyHeadSwapper(self.servicer, config, self.metrics)
         self.health = health.aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if config.auth_token is not None:
@@ -44,10 +48,14 @@ class RerankServer:
             ],
         )
         rerank_pb2_grpc.add_RerankServiceServicer_to_server(self.servicer, self.server)
+        rerank_pb2_grpc.add_RerankAdminServicer_to_server(
+            AdminServicer(self.swapper, auth_on=config.auth_token is not None), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -58,6 +66,11 @@ class RerankServer:
 
     def _bind(self) -> int:
         c = self.config
+        if c.address.rsplit(":", 1)[0] not in LOOPBACK_HOSTS and c.tls_cert is None:
+            log.warning(
+                "binding %s beyond loopback without TLS: requests%s travel in clear text",
+                c.address, " and the bearer token" if c.auth_token else "",
+            )  # fmt: skip
         try:
             if c.tls_cert is not None and c.tls_key is not None:
                 creds = grpc.ssl_server_credentials([(c.tls_key.read_bytes(), c.tls_cert.read_bytes())])

@@ -161,11 +161,13 @@ class Batcher(Generic[P, R]):
         while self._queue and len(batch) < self.config.max_batch:
             p = self._queue.popleft()
             if p.future.done():
-                continue  # cancelled by its caller
+                self._count_dropped("cancelled")  # its caller went away (e.g. its own deadline)
+                continue
             if p.deadline is not None and now >= p.deadline:
                 p.future.set_exception(
                     DeadlineExpired(f"deadline passed after {now - p.enqueued:.4f} s in the queue")
                 )
+                self._count_dropped("deadline")
                 continue
             batch.append(p)
         self._set_depth()
@@ -185,6 +187,10 @@ class Batcher(Generic[P, R]):
                 "batch of %d failed (%s: %s); retrying one by one", len(payloads), type(e).__name__, e
             )
             return [self._run_isolated([p])[0] for p in payloads]
+
+    def _count_dropped(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.dropped.labels(reason=reason).inc()
 
     def _set_depth(self) -> None:
         if self.metrics is not None:

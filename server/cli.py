@@ -25,6 +25,10 @@ trained on the synthetic task, bound to 127.0.0.1:50051 with metrics on 127.0.0.
 Stop with Ctrl-C or SIGTERM: the server reports NOT_SERVING, finishes the calls in flight
 (up to --drain-seconds) and exits.
 
+Model updates without downtime: SIGHUP reloads the energy head from --energy (point it at a
+symlink and flip the link), or call RerankAdmin.ReloadEnergyHead with the token
+(`energy-rerank-client reload [PATH]`). Calls in flight finish on the old head.
+
 Auth: set ${env} (or --token-file) to require `authorization: Bearer <token>` on every call
 except health checks. Without TLS the token travels in clear text: bind beyond loopback only
 with --tls-cert/--tls-key.

@@ -181,6 +181,19 @@ def decode_score_request(
     return torch.from_numpy(hidden).float(), torch.from_numpy(valid), torch.from_numpy(cands)
 
 
+def encode_energies(energies: np.ndarray) -> pb.Tensor:
+    """ScoreCandidates' answer [B, N]. Non-finite energies are refused, not sent: a caller taking
+    the argmin would pick the NaN (numpy's argmin returns it). Finite inputs get here only with
+    values far outside what the head was trained on (e.g. 1e30), so the inputs are named."""
+    if not np.isfinite(energies).all():
+        raise InvalidInput(
+            "hidden|candidates",
+            "the energy head produced non-finite energies for these inputs; values are far outside "
+            "the range it was trained on (normalised actions are about [-1, 1])",
+        )
+    return encode_tensor(energies)
+
+
 def encode_model_info(r: Reranker, default_candidates: int, max_batch: int) -> pb.ModelInfo:
     d = r.proposer.description
     h, w = d.image_size or (0, 0)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from energy_rerank.checkpoint import BundleError
 from energy_rerank.reranker import PolicyFailure
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class DeadlineExpired(TimeoutError):
     """The request's deadline passed before its batch ran."""
 
 
+class AdminDisabled(PermissionError):
+    """An admin call on a server without a token: nobody could be told apart from anybody."""
+
+
 # Order matters: the first matching class wins (InvalidInput is a ValueError, so it comes first).
 STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -47,6 +52,8 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (PolicyFailure, grpc.StatusCode.INTERNAL),
+    (AdminDisabled, grpc.StatusCode.PERMISSION_DENIED),
+    (BundleError, grpc.StatusCode.FAILED_PRECONDITION),  # a reload asked for a missing/unfit bundle
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),  # the core's own parameter checks
 )
 

@@ -1,4 +1,5 @@
-"""Run the server until SIGINT/SIGTERM, then drain. Started by `energy-rerank serve` (server/cli.py)."""
+"""Run the server until SIGINT/SIGTERM, then drain; SIGHUP reloads the energy head. Started by
+`energy-rerank serve` (server/cli.py)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,28 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload(server))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     print(f"energy-rerank: draining (up to {config.drain_seconds} s)", flush=True)
     await server.drain()
     print("energy-rerank: stopped", flush=True)
+
+
+async def reload(server: RerankServer) -> None:
+    """SIGHUP: reload the energy head from its current path; a failure keeps the old head serving."""
+    try:
+        swap = await server.swapper.reload()
+    except Exception as e:
+        print(
+            f"energy-rerank: reload failed, still serving the old head: {type(e).__name__}: {e}", flush=True
+        )
+        return
+    print(f"energy-rerank: reloaded {swap.previous_version} -> {swap.model_version} ({swap.seconds:.2f} s)",
+          flush=True)  # fmt: skip

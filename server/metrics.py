@@ -55,6 +55,12 @@ class Metrics:
         )  # fmt: skip
         self.errors = Counter("errors", "Requests answered with an error, by gRPC status code.", ["code"],
                               namespace=ns, registry=r)  # fmt: skip
+        self.dropped = Counter(
+            "dropped", "Queued requests dropped before reaching the model, by reason (deadline, cancelled).",
+            ["reason"], namespace=ns, registry=r,
+        )  # fmt: skip
+        self.reloads = Counter("reloads", "Energy-head hot swaps, by result (ok, error).", ["result"],
+                               namespace=ns, registry=r)  # fmt: skip
         self._http: WSGIServer | None = None
 
     def observe_stages(self, method: str, seconds: dict[str, float]) -> None:

@@ -28,7 +28,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
             )
     proposer = load_policy(config.policy_path, config.device)
     energy = EnergyModel.from_pretrained(config.energy_path, map_location=config.device)
-    check_compatible(proposer.description, energy, config)
+    check_compatible(proposer.description, energy, config.policy_path, config.energy_path)
     version = (
         f"{proposer.description.name}@{bundle_digest(config.policy_path)}"
         f"+energy@{bundle_digest(config.energy_path)}"
@@ -39,6 +39,27 @@ def load_reranker(config: ServerConfig) -> Reranker:
         CandidateSampler.for_policy(proposer),
         model_version=version,
         max_candidates=config.max_candidates,
+    )
+
+
+def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerConfig) -> Reranker:
+    """The serving reranker with another energy head: same policy, sampler and statistics (the
+    policy's, which normalise the candidates the head scores), a new scorer and version."""
+    if config.backend == "onnxruntime":
+        raise BundleError("the onnxruntime backend scores an exported file; re-export and restart instead")
+    path = Path(energy_path).resolve()  # a symlink flipped during the load must not mix two bundles
+    if not (path / CONFIG_FILE).is_file():
+        raise BundleError(f"energy head bundle not found at {energy_path} (no {CONFIG_FILE})")
+    energy = EnergyModel.from_pretrained(path, map_location=config.device)
+    check_compatible(current.proposer.description, energy, config.policy_path, path)
+    policy_part = current.model_version.rsplit("+energy@", 1)[0]
+    return Reranker(
+        current.proposer,
+        make_scorer(energy, config.backend),
+        current.sampler,
+        stats=current.stats,
+        model_version=f"{policy_part}+energy@{bundle_digest(path)}",
+        max_candidates=current.max_candidates,
     )
 
 
@@ -55,7 +76,9 @@ def warm_up(reranker: Reranker) -> None:
     reranker.select([obs], [SelectParams(num_candidates=min(8, reranker.max_candidates), seed=0)])
 
 
-def check_compatible(desc: PolicyDescription, energy: EnergyModel, config: ServerConfig) -> None:
+def check_compatible(
+    desc: PolicyDescription, energy: EnergyModel, policy_path: str | Path, energy_path: str | Path
+) -> None:
     """The energy head must read this policy's context and chunks; say which bundle disagrees."""
     c = energy.config
     problems = []
@@ -67,7 +90,7 @@ def check_compatible(desc: PolicyDescription, energy: EnergyModel, config: Serve
         problems.append(f"energy scores action dims [{c.action_offset}, {c.action_offset + c.action_dim}) "
                         f"but the policy has {desc.action_dim}")  # fmt: skip
     if problems:
-        raise BundleError(f"{config.energy_path} does not fit {config.policy_path}: " + "; ".join(problems))
+        raise BundleError(f"{energy_path} does not fit {policy_path}: " + "; ".join(problems))
 
 
 def bundle_digest(path: str | Path) -> str:

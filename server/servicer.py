@@ -73,7 +73,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         self.metrics.observe_stages("ScoreCandidates", timing)
         self.metrics.requests.labels(method="ScoreCandidates").inc()
         return pb.ScoreCandidatesResponse(
-            energies=codec.encode_tensor(energies),
+            energies=codec.encode_energies(energies),
             argmin=energies.argmin(axis=1).tolist(),
             model_version=reranker.model_version,
             timing=codec.encode_timing(timing),

@@ -1,12 +1,14 @@
 """Helpers for testing a real server: tiny random-weight bundles and a server in a subprocess.
 
-Used by tests/test_server_*.py and meant for load, fault, hot-swap and fuzz tests as well:
+Used by tests/test_server_*.py, tests/test_reliability_*.py and tests/test_security_*.py:
 `ServerProcess` runs the real `energy-rerank serve` command on a free loopback port and reads
-back where it listens and where its metrics are.
+back where it listens and where its metrics are; `InProcessServer` runs the same server on a
+background event loop, for tests that inject faults into its models or need thousands of calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -23,7 +25,9 @@ from energy_rerank.config import EnergyConfig
 from energy_rerank.energy import EnergyModel
 from energy_rerank.normalize import NormStats
 from energy_rerank.policy.reference import ReferenceConfig, ReferenceVLA
-from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY
+from energy_rerank.reranker import Reranker
+from energy_rerank.server.app import RerankServer
+from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY, ServerConfig
 
 TINY_CAMERA = "agentview"
 TINY_LOWDIM = 25  # the synthetic task's low-dim state with 3 targets (7 proprio + 3 x 6 poses)
@@ -112,6 +116,41 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class InProcessServer:
+    """A RerankServer on its own event loop in a daemon thread, bound to a free loopback port.
+    Blocking clients in the test thread call it over a real channel; `server.servicer.reranker`
+    can be replaced or wrapped to inject faults."""
+
+    def __init__(self, reranker: Reranker, config: ServerConfig | None = None) -> None:
+        self.reranker = reranker
+        self.config = config or ServerConfig(address="127.0.0.1:0", metrics_port=None)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="server-loop", daemon=True)
+
+    def __enter__(self) -> InProcessServer:
+        self.thread.start()
+        self.server: RerankServer = self.run(self._start())
+        self.address = self.server.address
+        return self
+
+    async def _start(self) -> RerankServer:
+        server = RerankServer(self.config, self.reranker)  # grpc.aio binds to the running loop
+        await server.start()
+        return server
+
+    def run(self, coro, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+        """Run a coroutine on the server's loop from the calling thread and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.run(self.server.drain(grace=1.0))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool:  # type: ignore[no-untyped-def]

@@ -146,3 +146,20 @@ def test_n_out_of_range_is_a_clear_error() -> None:
         sampler(layers=(L,)).sample(p, 4)
     with pytest.raises(ValueError, match="max_candidates"):
         SamplerConfig(max_candidates=MAX_CANDIDATES + 1)
+
+
+def test_config_json_round_trip_and_for_policy() -> None:
+    from energy_rerank.config import config_from_dict, config_to_dict
+    from energy_rerank.normalize import NormStats
+    from energy_rerank.policy.base import PolicyDescription
+
+    cfg = SamplerConfig(layers=(0, 2), sigmas=(0.2,), gripper_mode="vote", dim_sigmas=(1.0,) * A)
+    assert config_from_dict(SamplerConfig, config_to_dict(cfg)) == cfg
+
+    class Policy:  # the two attributes for_policy reads
+        description = PolicyDescription("p", 16, H, A, L, gripper_dims=(GRIP,))
+        stats = NormStats.from_data(torch.rand(100, A) * 4 - 2, binary_dims=(GRIP,))
+
+    s = CandidateSampler.for_policy(Policy(), SamplerConfig(gripper_dims=()))  # type: ignore[arg-type]
+    assert s.config.gripper_dims == (GRIP,)
+    assert bool((s.low <= -1).all()) and bool((s.high >= 1).all())

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from energy_rerank.kernels import EnergyScorer, ScorerConfig, make_scorer, resolve_backend
-from energy_rerank.kernels.folded_weights import fold_energy_head, score_folded
-from energy_rerank.kernels.timing import random_inputs, score_floors, time_scorer
 
 from energy_rerank.config import EnergyConfig
 from energy_rerank.energy import EnergyModel
+from energy_rerank.kernels import EnergyScorer, ScorerConfig, make_scorer, resolve_backend
+from energy_rerank.kernels.folded_weights import fold_energy_head, score_folded
+from energy_rerank.kernels.timing import random_inputs, score_floors, time_scorer
 from energy_rerank.scoring import Scorer, TorchScorer
 
 
@@ -88,5 +88,6 @@ def test_cuda_graph_replay_equals_eager(backend):
         inputs = random_inputs(b, n, 7, 24, 8, 7, torch.float32, torch.device("cuda"), seed=seed)
         torch.testing.assert_close(graphed.score(*inputs), eager.score(*inputs), rtol=1e-5, atol=1e-5)
     assert len(graphed.impl.graphs) == 2
-    with pytest.raises(ValueError, match="bucket"):
-        graphed.score(*random_inputs(5, 1, 7, 24, 8, 7, torch.float32, torch.device("cuda")))
+    above = random_inputs(5, 9, 7, 24, 8, 7, torch.float32, torch.device("cuda"))  # above both buckets: eager
+    torch.testing.assert_close(graphed.score(*above), eager.score(*above), rtol=1e-5, atol=1e-5)
+    assert len(graphed.impl.graphs) == 2

@@ -1,48 +1,49 @@
 """The fused Triton scorer against the core's plain-torch EnergyModel.score.
 
-Without CUDA the kernels run under the Triton interpreter on CPU tensors (TRITON_INTERPRET=1,
-set by the module fixture before the kernel modules are imported, because @triton.jit picks
-interpreter or compiler at decoration time; the variable is restored afterwards). With CUDA
-(`python -m energy_rerank.kernels.check_gpu`) the same tests run compiled on the GPU.
+Without CUDA the kernels run under the Triton interpreter on CPU tensors: TRITON_INTERPRET=1 is
+set below, before anything imports triton, because @triton.jit picks interpreter or compiler when
+a kernel is defined and triton keeps that choice process-wide. It is set only when there is no
+CUDA device, where no other test can use compiled triton, so the rest of the suite is unaffected.
+With CUDA (`python -m energy_rerank.kernels.check_gpu`) the same tests run compiled on the GPU.
 Sizes are tiny and block sizes small, so that every loop (K chunks, key chunks, row blocks)
 runs more than once and ends on a partial block.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-from types import SimpleNamespace
+import sys
 
-import pytest
 import torch
 
-from energy_rerank.config import EnergyConfig
-from energy_rerank.energy import EnergyModel
+ON_GPU = torch.cuda.is_available()
+# Triton fixes interpreter-or-compiler process-wide at its own import: too late to switch then.
+TRITON_IMPORTED_COMPILED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import importlib  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+
+from energy_rerank.config import EnergyConfig  # noqa: E402
+from energy_rerank.energy import EnergyModel  # noqa: E402
 
 pytest.importorskip("triton")
 
-ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+KERNEL_MODULES = ("fused_linear", "energy_attention", "energy_readout", "triton_scorer", "folded_weights")
 FP32_TOL = 1e-3  # tf32 dots on the GPU
 BF16_TOL = 2e-2
 
 
 @pytest.fixture(scope="module")
 def k():
-    """The kernel modules, imported under the interpreter when there is no GPU."""
-    old = os.environ.get("TRITON_INTERPRET")
-    if not ON_GPU:
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        names = ("triton_scorer", "fused_linear", "energy_attention", "folded_weights")
-        mods = {n: importlib.import_module(f"energy_rerank.kernels.{n}") for n in names}
-        yield SimpleNamespace(**mods)
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
+    """The kernel modules (interpreted on the CPU, compiled on a GPU)."""
+    if not ON_GPU and TRITON_IMPORTED_COMPILED:
+        pytest.skip("no CUDA, and triton was imported before TRITON_INTERPRET=1 could be set; run this file alone")
+    return SimpleNamespace(**{n: importlib.import_module(f"energy_rerank.kernels.{n}") for n in KERNEL_MODULES})
 
 
 def small_blocks(k):

@@ -41,7 +41,8 @@ def test_lowdim_policy_proposals(observations: list[Observation]) -> None:
     assert not p.layer_actions.requires_grad and bool(torch.isfinite(p.layer_actions).all())
     # valid: state tokens + BOS/instruction bytes/EOS; padding and action queries are not
     n_text = [len(o.instruction.encode()) + 2 for o in observations]
-    assert p.valid.sum(1).tolist() == [c.state_tokens + n for n in n_text]
+    assert p.valid.sum(1).tolist() == [c.num_state_tokens + n for n in n_text]
+    assert c.num_state_tokens == TASK.lowdim_dim  # one token per state dim by default
     assert not bool(p.valid[:, -c.chunk_len :].any())
     d = policy.description
     assert (d.hidden_size, d.num_layers, d.chunk_len, d.lowdim_dim, d.cameras) == (
@@ -60,8 +61,8 @@ def test_image_policy_proposals(observations: list[Observation]) -> None:
     )
     policy = ReferenceVLA(cfg).eval()
     p = policy.propose(observations[:3])  # 32x32 images are resized to 16x16
-    assert p.context.shape == (3, cfg.state_tokens + 4 + cfg.max_text_len + cfg.chunk_len, 64)
-    assert p.valid[:, : cfg.state_tokens + 4].all()
+    assert p.context.shape == (3, 7 + 4 + cfg.max_text_len + cfg.chunk_len, 64)  # 7 state + 4 patches
+    assert p.valid[:, : 7 + 4].all()
     assert policy.description.cameras == ("agentview",) and policy.description.image_size == (16, 16)
     with pytest.raises(ValueError, match="camera 'agentview' is missing"):
         policy.propose([Observation(state=np.zeros(7, np.float32), instruction="x")])

@@ -42,7 +42,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             policy,
             train,
             val,
-            BCConfig(steps=400, batch_size=32, eval_every=200),
+            BCConfig(steps=300, batch_size=32, eval_every=150),
             log_dir=out / "logs",
             out=out / "policy",
             progress=False,
@@ -92,13 +92,23 @@ def test_oracle_best_of_n_falls_with_n(trained: dict[str, Any]) -> None:
     curve = _script("oracle_best_of_n").oracle_best_of_n(policy, sampler, held, ns)
     print("oracle best-of-N L1:", curve)
     values = [curve[n] for n in ns]
-    assert all(b <= a for a, b in zip(values, values[1:], strict=False)), curve  # prefixes: never worse
-    assert curve[4] < curve[1] and curve[64] < 0.8 * curve[1], curve
+    assert all(b < a for a, b in zip(values, values[1:], strict=False)), curve  # falls at every step
+    assert curve[64] < 0.95 * curve[1], curve
 
 
 @pytest.mark.parametrize("inputs", ["lowdim", "image"])
 def test_train_policy_command(tmp_path: Path, inputs: str) -> None:
-    args = ["train-policy", "--out", str(tmp_path / "p"), "--inputs", inputs, "--steps", "2", "--episodes", "2"]
+    args = [
+        "train-policy",
+        "--out",
+        str(tmp_path / "p"),
+        "--inputs",
+        inputs,
+        "--steps",
+        "2",
+        "--episodes",
+        "2",
+    ]
     args += ["--val-episodes", "1", "--eval-every", "2", "--batch-size", "8", "--no-progress"]
     assert cli_main(args) == 0
     policy = load_policy(tmp_path / "p")

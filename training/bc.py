@@ -1,10 +1,11 @@
 """Behaviour cloning of the reference policy: L1 to the expert chunk, in normalised units.
 
 Loss = L1(last layer's chunk) + layer_loss_weight * mean over earlier layers of their L1.
-The second term is deep supervision: it makes every layer's chunk a usable candidate for
-reranking (the head is shared, so an unsupervised early layer gives chunks far off the data),
-while early layers, with less computation behind them, stay worse than late ones. Set it to 0
-for the plain OpenVLA-OFT objective.
+The default (weight 0) is the plain OpenVLA-OFT objective: only the last layer is supervised,
+and earlier layers' chunks (the shared head applied to their hidden states) come out worse the
+earlier the layer, which is what makes them hard negatives and varied candidates. A positive
+weight is deep supervision: every layer's chunk moves toward the data (closer candidates,
+smaller gaps between layers).
 
 Steps go through the shared GuardedOptimizer (AdamW, warm-up, clipping, skip-and-count).
 Held-out L1 per layer is measured before training and every `eval_every` steps; everything is
@@ -13,6 +14,8 @@ logged to TensorBoard when a log dir is given, and the result is a bundle the se
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ class BCConfig:
     warmup_steps: int = 50  # linear LR warm-up
     clip_grad_norm: float = 1.0  # global grad-norm clip
     skip_grad_norm: float = 100.0  # skip a step above this grad norm (L1 grads run larger than energy grads)
-    layer_loss_weight: float = 0.1  # deep-supervision weight of earlier layers' L1 (0 = last layer only)
+    layer_loss_weight: float = 0.0  # deep-supervision weight of earlier layers' L1 (0 = last layer only)
     eval_every: int = 250  # steps between held-out evaluations (and the TensorBoard val scalars)
     eval_batch_size: int = 512  # windows per evaluation forward pass
     seed: int = 0  # batch order
@@ -75,6 +78,23 @@ def targets_of(policy: ReferenceVLA, windows: Windows) -> torch.Tensor:
     return chunks if policy.stats is None else policy.stats.normalize_actions(chunks)
 
 
+def bc_loss(
+    policy: ReferenceVLA, inputs: PolicyInputs, expert: torch.Tensor, layer_loss_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The BC objective on one batch -> (scalar loss, per-layer L1 [L], detached).
+
+    expert [B, H, A] normalised. Loss = L1 of the last layer's chunk + layer_loss_weight x
+    the mean L1 of the earlier layers' chunks (deep supervision; 0 = plain OpenVLA-OFT)."""
+    _, _, action_hidden = policy(inputs)  # [B, L, H, D]
+    per_layer = (
+        (policy.head(action_hidden) - expert.to(action_hidden.device)[:, None]).abs().mean(dim=(0, 2, 3))
+    )
+    loss = per_layer[-1]
+    if layer_loss_weight > 0 and per_layer.numel() > 1:
+        loss = loss + layer_loss_weight * per_layer[:-1].mean()
+    return loss, per_layer.detach()
+
+
 def evaluate_l1(
     policy: ReferenceVLA, inputs: PolicyInputs, targets: torch.Tensor, batch_size: int = 512
 ) -> torch.Tensor:
@@ -101,7 +121,9 @@ def train_bc(
     c = config or BCConfig()
     pc = policy.config
     if train.chunks.shape[1:] != (pc.chunk_len, pc.action_dim):
-        raise ValueError(f"train chunks are [N, {pc.chunk_len}, {pc.action_dim}] for this policy, got {train.chunks.shape}")
+        raise ValueError(
+            f"train chunks are [N, {pc.chunk_len}, {pc.action_dim}] for this policy, got {train.chunks.shape}"
+        )
     if len(val) == 0 or len(train) == 0:
         raise ValueError("train and val windows must both be non-empty")
     fit_stats(policy, train)
@@ -120,7 +142,9 @@ def train_bc(
             skip_grad_norm=c.skip_grad_norm,
         ),
     )
-    writer = _writer(log_dir)
+    # save_bundle replaces `out` atomically, which would delete logs written inside it: stage them.
+    staged = _staging_dir(log_dir, out)
+    writer = _writer(staged or log_dir)
     initial = evaluate_l1(policy, val_in, val_y, c.eval_batch_size)
     result = BCResult(initial_val_l1=initial.tolist(), final_val_l1=initial.tolist())
     result.history.append({"step": 0, **_layer_record(initial)})
@@ -130,11 +154,7 @@ def train_bc(
     bar = tqdm(range(1, c.steps + 1), desc="train-policy", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = torch.randint(0, train_in.batch, (c.batch_size,), generator=gen).to(dev)
-        _, _, action_hidden = policy(train_in.select(idx))  # [b, L, H, D]
-        per_layer = (policy.head(action_hidden) - train_y[idx, None]).abs().mean(dim=(0, 2, 3))  # [L]
-        loss = per_layer[-1]
-        if c.layer_loss_weight > 0 and per_layer.numel() > 1:
-            loss = loss + c.layer_loss_weight * per_layer[:-1].mean()
+        loss, per_layer = bc_loss(policy, train_in.select(idx), train_y[idx], c.layer_loss_weight)
         res = opt.step(loss)
         if writer is not None:
             writer.add_scalar("train/loss", res.loss, step)
@@ -158,11 +178,26 @@ def train_bc(
         writer.close()
     if out is not None:
         result.bundle = str(policy.save(out))
+    if staged is not None and log_dir is not None:
+        shutil.move(str(staged), str(log_dir))
     return result
 
 
 def _layer_record(l1: torch.Tensor) -> dict[str, float]:
     return {"val_l1": float(l1[-1]), **{f"val_l1_layer{i}": float(v) for i, v in enumerate(l1.tolist())}}
+
+
+def _staging_dir(log_dir: str | Path | None, out: str | Path | None) -> Path | None:
+    """A temporary sibling of `out` when log_dir lies inside the bundle directory `out`."""
+    if log_dir is None or out is None:
+        return None
+    out_abs, log_abs = Path(out).resolve(), Path(log_dir).resolve()
+    if out_abs == log_abs:
+        raise ValueError(f"log_dir {log_dir} must not be the bundle directory itself (use e.g. {out}/logs)")
+    if out_abs not in log_abs.parents:
+        return None
+    out_abs.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_abs.name}.logs.", dir=out_abs.parent))
 
 
 def _writer(log_dir: str | Path | None):  # -> SummaryWriter | None

@@ -26,27 +26,39 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="bundle directory to write (replaced atomically)")
-    p.add_argument("--size", choices=("tiny", "small"), default="tiny", help="reference policy size (default tiny)")
+    p.add_argument(
+        "--size", choices=("tiny", "small"), default="tiny", help="reference policy size (default tiny)"
+    )
     p.add_argument(
         "--inputs",
         choices=("lowdim", "image"),
         default="lowdim",
         help="lowdim: object poses + proprio as state tokens; image: a rendered top-down camera + proprio",
     )
-    p.add_argument("--image-size", type=int, default=32, help="camera image side for --inputs image (default 32)")
-    p.add_argument("--episodes", type=int, default=200, help="training episodes of the synthetic task (default 200)")
-    p.add_argument("--val-episodes", type=int, default=30, help="held-out episodes (another seed; default 30)")
-    p.add_argument("--seed", type=int, default=0, help="episode stream, weight init and batch order (default 0)")
+    p.add_argument(
+        "--image-size", type=int, default=32, help="camera image side for --inputs image (default 32)"
+    )
+    p.add_argument(
+        "--episodes", type=int, default=200, help="training episodes of the synthetic task (default 200)"
+    )
+    p.add_argument(
+        "--val-episodes", type=int, default=30, help="held-out episodes (another seed; default 30)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="episode stream, weight init and batch order (default 0)"
+    )
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per step (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     p.add_argument(
         "--layer-loss-weight",
         type=float,
-        default=0.1,
-        help="deep supervision: weight of earlier layers' L1 (0 = last layer only; default 0.1)",
+        default=0.0,
+        help="deep supervision: weight of earlier layers' L1 (default 0 = last layer only, as OpenVLA-OFT)",
     )
-    p.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations (default 250)")
+    p.add_argument(
+        "--eval-every", type=int, default=250, help="steps between held-out evaluations (default 250)"
+    )
     p.add_argument("--log-dir", help="TensorBoard directory (default OUT/logs)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,11 +78,17 @@ def run(args: argparse.Namespace) -> int:
     val = task.windows(task.episodes(args.val_episodes, seed=args.seed + 1_000_003))
     torch.manual_seed(args.seed)
     inputs: dict[str, Any] = (
-        {"cameras": (task.config.camera,), "image_size": (args.image_size, args.image_size), "state_dim": task.state_dim}
+        {
+            "cameras": (task.config.camera,),
+            "image_size": (args.image_size, args.image_size),
+            "state_dim": task.state_dim,
+        }
         if image
         else {"lowdim_dim": task.lowdim_dim}
     )
-    policy = ReferenceVLA(ReferenceConfig.preset(args.size, chunk_len=task.chunk_len, **inputs)).to(args.device)
+    policy = ReferenceVLA(ReferenceConfig.preset(args.size, chunk_len=task.chunk_len, **inputs)).to(
+        args.device
+    )
     config = BCConfig(
         steps=args.steps,
         batch_size=args.batch_size,

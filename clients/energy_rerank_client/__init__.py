@@ -11,18 +11,22 @@ from energy_rerank_client.broker import ChunkBroker
 from energy_rerank_client.client import (
     AsyncRerankClient,
     ModelInfo,
+    ReloadResult,
     RerankClient,
     RetryPolicy,
     ScoreResult,
     SelectResult,
+    replicas,
 )
 
 __all__ = [
     "AsyncRerankClient",
     "ChunkBroker",
     "ModelInfo",
+    "ReloadResult",
     "RerankClient",
     "RetryPolicy",
     "ScoreResult",
     "SelectResult",
+    "replicas",
 ]

@@ -1,4 +1,4 @@
-"""`energy-rerank-client info|select`: poke a running server from a shell; prints JSON."""
+"""`energy-rerank-client info|select|reload`: poke a running server from a shell; prints JSON."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rule", choices=("argmin", "softmax"), default="argmin")
     s.add_argument("--temperature", type=float, default=0.0, help="softmax temperature (0 = 1.0)")
     s.add_argument("--candidates", action="store_true", help="also print all candidates")
+    r = sub.add_parser("reload", help="swap the server's energy head without downtime (needs the token)")
+    r.add_argument("path", nargs="?", default="",
+                   help="energy-head bundle directory on the server (default: reload the current one)")  # fmt: skip
     return p
 
 
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         args.target, token=token, timeout=args.timeout, tls=args.tls, root_certificates=root
     ) as client:
         try:
-            out = _info(client) if args.command == "info" else _select(client, args)
+            if args.command == "reload":
+                out = vars(client.reload_energy_head(args.path))
+            else:
+                out = _info(client) if args.command == "info" else _select(client, args)
         except grpc.RpcError as e:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1

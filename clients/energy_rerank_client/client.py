@@ -9,6 +9,7 @@ changes nothing on the server. Other errors are raised at once as `grpc.RpcError
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,28 @@ from energy_rerank_client._proto import rerank_pb2_grpc
 from energy_rerank_client.tensors import ImageLike, from_tensor, to_observation, to_tensor
 
 RULES = {"argmin": pb.ARGMIN, "softmax": pb.SOFTMAX}
+
+# A restarted server is found again within about a second (gRPC's default reconnect backoff grows
+# to 120 s: far too long for a robot waiting on its next chunk).
+RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000))
+
+
+def replicas(addresses: Sequence[str], health_service: str = "energy_rerank.v1.RerankService",
+             ) -> tuple[str, list[tuple[str, Any]]]:  # fmt: skip
+    """Several `host:port` replicas -> (target, options) for a client that spreads its calls over
+    them round-robin and skips replicas whose health check is not SERVING (draining, loading).
+    For a DNS name that resolves to every replica (a Kubernetes headless Service), pass
+    `[f"dns:///{name}:{port}"]`."""
+    if len(addresses) == 1 and ":///" in addresses[0]:
+        target = addresses[0]
+    else:
+        hosts = [a.removeprefix("ipv4:") for a in addresses]
+        target = "ipv4:" + ",".join(hosts)
+    config = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": health_service},
+    }
+    return target, [("grpc.service_config", json.dumps(config))]
 
 
 @dataclass(frozen=True)
@@ -57,6 +80,13 @@ class ScoreResult:
     argmin: np.ndarray  # [B] int
     model_version: str
     timing: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    previous_version: str  # model_version before the swap
+    model_version: str  # model_version of the answers from now on
+    load_seconds: float  # server-side time to load, check and warm up the new head
 
 
 @dataclass(frozen=True)
@@ -186,13 +216,14 @@ class _Base:
     ) -> None:
         self.timeout, self.retry = timeout, retry
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *RECONNECT_OPTIONS, *options]
         if tls or root_certificates:
             creds = grpc.ssl_channel_credentials(root_certificates)
             self.channel = self._grpc.secure_channel(target, creds, options=opts)
         else:
             self.channel = self._grpc.insecure_channel(target, options=opts)
         self.stub = rerank_pb2_grpc.RerankServiceStub(self.channel)
+        self.admin = rerank_pb2_grpc.RerankAdminStub(self.channel)
 
     def _deadline(self, timeout: float | None) -> float:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -210,8 +241,8 @@ class _Base:
 
 
 class RerankClient(_Base):
-    """Blocking client. `target` may be any gRPC target, e.g. "dns:///rerank:50051" with
-    options=[("grpc.lb_policy_name", "round_robin")] to spread requests over replicas.
+    """Blocking client. `target` may be any gRPC target; `RerankClient(*replicas([...]))` spreads
+    calls over several replicas round-robin (see `replicas`).
     Arguments: token (bearer), timeout (seconds per call, retries included), retry, tls,
     root_certificates (PEM bytes to trust), options (extra gRPC channel options)."""
 
@@ -230,6 +261,14 @@ class RerankClient(_Base):
         """hidden [B, S, D], candidates [B, N, H, A], valid [B, S] bool -> energies [B, N]."""
         req = score_request(hidden, candidates, valid, normalized)
         return score_result(self._call(self.stub.ScoreCandidates, req, timeout))
+
+    def reload_energy_head(self, energy_path: str = "", *, timeout: float | None = 120.0) -> ReloadResult:
+        """Swap the server's energy head for the bundle at `energy_path` (a path on the server;
+        empty = reload the current one). Needs the server's token."""
+        r = self._call(
+            self.admin.ReloadEnergyHead, pb.ReloadEnergyHeadRequest(energy_path=energy_path), timeout
+        )
+        return ReloadResult(r.previous_version, r.model_version, r.load_seconds)
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         deadline = self._deadline(timeout)
@@ -268,6 +307,13 @@ class AsyncRerankClient(_Base):
                     normalized: bool = True, *, timeout: float | None = None) -> ScoreResult:  # fmt: skip
         req = score_request(hidden, candidates, valid, normalized)
         return score_result(await self._call(self.stub.ScoreCandidates, req, timeout))
+
+    async def reload_energy_head(
+        self, energy_path: str = "", *, timeout: float | None = 120.0
+    ) -> ReloadResult:
+        req = pb.ReloadEnergyHeadRequest(energy_path=energy_path)
+        r = await self._call(self.admin.ReloadEnergyHead, req, timeout)
+        return ReloadResult(r.previous_version, r.model_version, r.load_seconds)
 
     async def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         deadline = self._deadline(timeout)

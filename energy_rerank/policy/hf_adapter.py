@@ -111,19 +111,27 @@ class HFAdapter(nn.Module):
         bc = getattr(backbone, "config", None)
         hidden = getattr(bc, "hidden_size", None)
         if hidden is not None and hidden != config.hidden_size:
-            raise ValueError(f"config.hidden_size={config.hidden_size} but the backbone's hidden_size is {hidden}")
+            raise ValueError(
+                f"config.hidden_size={config.hidden_size} but the backbone's hidden_size is {hidden}"
+            )
         vocab = getattr(bc, "vocab_size", None)
         t = config.action_tokens
         for name, tid in (("token_id", t.token_id), ("trailing_id", t.trailing_id)):
             if vocab is not None and not 0 <= tid < vocab:
-                raise ValueError(f"action_tokens.{name}={tid} is outside the backbone's vocabulary [0, {vocab})")
+                raise ValueError(
+                    f"action_tokens.{name}={tid} is outside the backbone's vocabulary [0, {vocab})"
+                )
         if config.tokenizer == "byte" and vocab is not None and vocab < VOCAB_SIZE:
-            raise ValueError(f"tokenizer='byte' needs a vocabulary of >= {VOCAB_SIZE} ids; the backbone has {vocab}")
+            raise ValueError(
+                f"tokenizer='byte' needs a vocabulary of >= {VOCAB_SIZE} ids; the backbone has {vocab}"
+            )
         if config.tokenizer == "auto" and tokenizer is None:
             raise ValueError("tokenizer='auto' needs the checkpoint's tokenizer (HFAdapter.load finds it)")
         layers = getattr(bc, "num_hidden_layers", None)
         if layers is None:
-            raise ValueError("the backbone's config has no num_hidden_layers; cannot describe its layer actions")
+            raise ValueError(
+                "the backbone's config has no num_hidden_layers; cannot describe its layer actions"
+            )
         self._takes_position_ids = "position_ids" in inspect.signature(backbone.forward).parameters
         self.description = PolicyDescription(
             name=config.name,
@@ -135,9 +143,11 @@ class HFAdapter(nn.Module):
         )
 
     # ------------------------------------------------------------------ inputs
-    def build_inputs(self, observations: Sequence[Observation]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def build_inputs(
+        self, observations: Sequence[Observation]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """-> backbone kwargs (input_ids, attention_mask, ...) and valid [B, S] (prompt tokens only)."""
-        c, t = self.config, self.config.action_tokens
+        t = self.config.action_tokens
         prompts = [self._prompt_ids(o, i) for i, o in enumerate(observations)]
         width = max(len(p) for p in prompts)
         s = width + t.count + t.trailing
@@ -160,7 +170,9 @@ class HFAdapter(nn.Module):
         if c.state_in_prompt:
             parts = [np.asarray(v, np.float32).reshape(-1) for v in (obs.lowdim, obs.state) if v is not None]
             if not parts:
-                raise ValueError(f"observation {index}: state_in_prompt needs lowdim or state, both are empty")
+                raise ValueError(
+                    f"observation {index}: state_in_prompt needs lowdim or state, both are empty"
+                )
             text += " state: " + " ".join(f"{x:.3f}" for x in np.concatenate(parts))
         if c.tokenizer == "byte":
             ids = [BOS_ID, *text.encode("utf-8"), EOS_ID]
@@ -188,10 +200,16 @@ class HFAdapter(nn.Module):
                 )
             b, s, d = hidden[-1].shape
             if d != c.hidden_size:
-                raise ValueError(f"backbone hidden states are {d} wide; config.hidden_size is {c.hidden_size}")
+                raise ValueError(
+                    f"backbone hidden states are {d} wide; config.hidden_size is {c.hidden_size}"
+                )
             start = s - t.trailing - t.count  # first action token
-            per_layer = torch.stack([h[:, start : start + t.count] for h in hidden[1:]], 1)  # [B, L, count, D]
-            steps = per_layer.reshape(b, per_layer.shape[1], c.chunk_len, t.tokens_per_step * d)  # [B, L, H, k*D]
+            per_layer = torch.stack(
+                [h[:, start : start + t.count] for h in hidden[1:]], 1
+            )  # [B, L, count, D]
+            steps = per_layer.reshape(
+                b, per_layer.shape[1], c.chunk_len, t.tokens_per_step * d
+            )  # [B, L, H, k*D]
             layer_actions = self.head(steps.float())  # [B, L, H, A]
         return Proposals(
             context=hidden[-1].float(),

@@ -4,6 +4,10 @@
         -> Llama decoder (transformers LlamaModel, output_hidden_states=True)
         -> MLPResNet L1 head on the action-query hidden states -> chunk [H, A]
 
+State tokens: by default one per state dim (value * w_d + e_d), so an action query can attend
+to the dims of the object the instruction names; `state_tokens = k` projects the whole vector
+to k tokens with an MLP instead (fewer tokens, slower to learn object selection).
+
 The H action queries are learned embeddings decoded in parallel (one token per chunk step).
 Applying the same head to the action-query hidden states of *every* layer gives the "layer
 actions" (SEEDS.md section 3): poor chunks from early layers, the policy's own from the last.
@@ -17,7 +21,6 @@ The sequence length is fixed by the config (instructions are padded or cut to
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +56,7 @@ class ReferenceConfig:
     gripper_dims: tuple[int, ...] = (6,)  # binary action dims (kept unnormalised, sampled as binary)
     lowdim_dim: int = 0  # dims of Observation.lowdim read (0 = not read)
     state_dim: int = 0  # dims of Observation.state read (0 = not read)
-    state_tokens: int = 4  # tokens the [lowdim, state] vector is projected to (0 = one token per dim)
+    state_tokens: int = 0  # 0: one token per state dim (attention can pick one object); k: an MLP to k tokens
     cameras: tuple[str, ...] = ()  # camera names read, in order (empty = no images)
     image_size: tuple[int, int] = (32, 32)  # (height, width) images are resized to
     patch_size: int = 8  # square patch side of the image encoder
@@ -80,9 +83,14 @@ class ReferenceConfig:
         return self.lowdim_dim + self.state_dim
 
     @property
+    def num_state_tokens(self) -> int:
+        """Tokens the state vector becomes (0 when the policy reads no state)."""
+        return (self.state_tokens or self.vector_dim) if self.vector_dim else 0
+
+    @property
     def seq_len(self) -> int:
         """S: tokens per observation (fixed)."""
-        state = (self.state_tokens or self.vector_dim) if self.vector_dim else 0
+        state = self.num_state_tokens
         patches = (
             len(self.cameras)
             * (self.image_size[0] // self.patch_size)
@@ -119,10 +127,20 @@ class PolicyInputs:
 
     def select(self, index: torch.Tensor | slice) -> PolicyInputs:
         """Rows `index` of every field (e.g. one training batch)."""
-        return PolicyInputs(*(None if t is None else t[index] for t in dataclasses.astuple(self)))
+        return PolicyInputs(
+            vector=None if self.vector is None else self.vector[index],
+            images=None if self.images is None else self.images[index],
+            text_ids=self.text_ids[index],
+            text_valid=self.text_valid[index],
+        )
 
     def to(self, device: torch.device | str) -> PolicyInputs:
-        return PolicyInputs(*(None if t is None else t.to(device) for t in dataclasses.astuple(self)))
+        return PolicyInputs(
+            vector=None if self.vector is None else self.vector.to(device),
+            images=None if self.images is None else self.images.to(device),
+            text_ids=self.text_ids.to(device),
+            text_valid=self.text_valid.to(device),
+        )
 
 
 class ReferenceVLA(nn.Module):
@@ -146,7 +164,6 @@ class ReferenceVLA(nn.Module):
                 bos_token_id=BOS_ID,
                 eos_token_id=EOS_ID,
                 tie_word_embeddings=False,
-                attn_implementation="sdpa",
             )
         )
         self.state_proj: nn.Module | None = None

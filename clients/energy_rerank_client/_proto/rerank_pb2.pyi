@@ -198,3 +198,19 @@ class ModelInfo(_message.Message):
     scorer_backend: str
     max_batch: int
     def __init__(self, model_version: _Optional[str] = ..., policy_name: _Optional[str] = ..., chunk_len: _Optional[int] = ..., action_dim: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., state_dim: _Optional[int] = ..., lowdim_dim: _Optional[int] = ..., gripper_dims: _Optional[_Iterable[int]] = ..., max_candidates: _Optional[int] = ..., default_candidates: _Optional[int] = ..., scorer_backend: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+
+class ReloadEnergyHeadRequest(_message.Message):
+    __slots__ = ("energy_path",)
+    ENERGY_PATH_FIELD_NUMBER: _ClassVar[int]
+    energy_path: str
+    def __init__(self, energy_path: _Optional[str] = ...) -> None: ...
+
+class ReloadEnergyHeadResponse(_message.Message):
+    __slots__ = ("previous_version", "model_version", "load_seconds")
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    previous_version: str
+    model_version: str
+    load_seconds: float
+    def __init__(self, previous_version: _Optional[str] = ..., model_version: _Optional[str] = ..., load_seconds: _Optional[float] = ...) -> None: ...

@@ -187,3 +187,89 @@ class RerankService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RerankAdminStub:
+    """Operations on a running server. Every call needs the bearer token: a server started without
+    one answers PERMISSION_DENIED, so an unauthenticated server can never be re-pointed at
+    other weights. (A separate service, so a proxy or mesh can also block it by name.)
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadEnergyHead = channel.unary_unary(
+                '/energy_rerank.v1.RerankAdmin/ReloadEnergyHead',
+                request_serializer=energy__rerank_dot_v1_dot_rerank__pb2.ReloadEnergyHeadRequest.SerializeToString,
+                response_deserializer=energy__rerank_dot_v1_dot_rerank__pb2.ReloadEnergyHeadResponse.FromString,
+                _registered_method=True)
+
+
+class RerankAdminServicer:
+    """Operations on a running server. Every call needs the bearer token: a server started without
+    one answers PERMISSION_DENIED, so an unauthenticated server can never be re-pointed at
+    other weights. (A separate service, so a proxy or mesh can also block it by name.)
+    """
+
+    def ReloadEnergyHead(self, request, context):
+        """Load an energy-head bundle and swap it in without downtime: the bundle is loaded and
+        warmed up beside the serving one; batches already running finish on the old head, later
+        ones use the new head, and every response's model_version says which head made it. A
+        bundle that fails to load or does not fit the policy leaves the old head serving.
+        Sending SIGHUP to the server process does the same as a request with energy_path unset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RerankAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadEnergyHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadEnergyHead,
+                    request_deserializer=energy__rerank_dot_v1_dot_rerank__pb2.ReloadEnergyHeadRequest.FromString,
+                    response_serializer=energy__rerank_dot_v1_dot_rerank__pb2.ReloadEnergyHeadResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'energy_rerank.v1.RerankAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('energy_rerank.v1.RerankAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RerankAdmin:
+    """Operations on a running server. Every call needs the bearer token: a server started without
+    one answers PERMISSION_DENIED, so an unauthenticated server can never be re-pointed at
+    other weights. (A separate service, so a proxy or mesh can also block it by name.)
+    """
+
+    @staticmethod
+    def ReloadEnergyHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/energy_rerank.v1.RerankAdmin/ReloadEnergyHead',
+            energy__rerank_dot_v1_dot_rerank__pb2.ReloadEnergyHeadRequest.SerializeToString,
+            energy__rerank_dot_v1_dot_rerank__pb2.ReloadEnergyHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
