@@ -1,4 +1,5 @@
-"""RerankServer: the grpc.aio server around a Reranker, with health, reflection, auth, metrics.
+"""RerankServer: the grpc.aio server around a Reranker, with health, reflection, auth, metrics,
+and the token-only admin service that hot-swaps the energy head (server/admin.py).
 
 Lifecycle: `start()` binds and reports SERVING; `drain()` first reports NOT_SERVING (load
 balancers stop sending), then `stop(grace)`: new calls get UNAVAILABLE while calls in flight,

@@ -18,6 +18,19 @@ async def serve(config: ServerConfig) -> None:
     reranker = load_reranker(config)
     warm_up(reranker)
     server = RerankServer(config, reranker)
+    # Handlers before "listening" is printed: whoever reads that line may signal at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload(server))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await server.start()
     scheme = "https (TLS)" if config.tls_cert else "insecure"
     print(
@@ -31,18 +44,6 @@ async def serve(config: ServerConfig) -> None:
             f"energy-rerank: metrics at http://{config.metrics_address}:{server.metrics_port}/metrics",
             flush=True,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
-
-    def on_sighup() -> None:
-        task = loop.create_task(reload(server))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     print(f"energy-rerank: draining (up to {config.drain_seconds} s)", flush=True)
     await server.drain()

@@ -108,7 +108,9 @@ def test_server_side_deadline_check_drops_expired_requests(reranker):
 
             busy = asyncio.ensure_future(batcher.submit((o("busy"), SelectParams(num_candidates=4))))
             await asyncio.sleep(0.05)
-            late = [batcher.submit((o(f"late{i}"), SelectParams(num_candidates=4)), timeout=0.1) for i in range(2)]
+            late = [
+                batcher.submit((o(f"late{i}"), SelectParams(num_candidates=4)), timeout=0.1) for i in range(2)
+            ]
             return await asyncio.gather(busy, *late, return_exceptions=True)
 
         results = srv.run(scenario())

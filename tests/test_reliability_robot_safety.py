@@ -83,11 +83,15 @@ class Policy:
 
 
 def with_scorer(r: Reranker, fault: str) -> Reranker:
-    return Reranker(r.proposer, Scorer(r.scorer, fault), r.sampler, r.stats, r.model_version, r.max_candidates)
+    return Reranker(
+        r.proposer, Scorer(r.scorer, fault), r.sampler, r.stats, r.model_version, r.max_candidates
+    )
 
 
 def with_policy(r: Reranker, fault: str) -> Reranker:
-    return Reranker(Policy(r.proposer, fault), r.scorer, r.sampler, r.stats, r.model_version, r.max_candidates)
+    return Reranker(
+        Policy(r.proposer, fault), r.scorer, r.sampler, r.stats, r.model_version, r.max_candidates
+    )
 
 
 def assert_safe(r: Reranker, chunk: np.ndarray) -> None:
@@ -134,7 +138,9 @@ def test_broken_alternatives_fall_back_to_the_finite_base(healthy):
 def test_huge_actions_are_clipped_to_the_bounds(healthy):
     for s in with_policy(healthy, "huge").select(OBS, PARAMS):
         assert_safe(healthy, s.chunk)
-        assert np.isclose(s.chunk, healthy.high.numpy()).any() or np.isclose(s.chunk, healthy.low.numpy()).any()
+        assert (
+            np.isclose(s.chunk, healthy.high.numpy()).any() or np.isclose(s.chunk, healthy.low.numpy()).any()
+        )
 
 
 # ------------------------------------------------------------------ through the service
@@ -153,7 +159,10 @@ def test_huge_actions_are_clipped_to_the_bounds(healthy):
 def test_faults_through_the_service(healthy, component, fault, expect):
     broken = with_scorer(healthy, fault) if component == "scorer" else with_policy(healthy, fault)
     obs = {"images": {TINY_CAMERA: OBS[0].images[TINY_CAMERA]}, "lowdim": OBS[0].lowdim}
-    with InProcessServer(broken) as srv, RerankClient(srv.address, timeout=30, retry=RetryPolicy(attempts=1)) as c:
+    with (
+        InProcessServer(broken) as srv,
+        RerankClient(srv.address, timeout=30, retry=RetryPolicy(attempts=1)) as c,
+    ):
         info = c.info()
         if expect == "fallback":
             r = c.select(**obs, num_candidates=16, seed=0)

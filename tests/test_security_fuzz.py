@@ -124,7 +124,11 @@ def images(draw) -> pb.Image:
         h = draw(st.one_of(st.integers(0, 40), st.integers(0, 2**32 - 1)))
         w = draw(st.one_of(st.integers(0, 40), st.integers(0, 2**32 - 1)))
         exact = 0 < h * w * 3 <= 20_000 and draw(st.booleans())
-        data = draw(st.binary(min_size=h * w * 3, max_size=h * w * 3)) if exact else draw(st.binary(max_size=600))
+        data = (
+            draw(st.binary(min_size=h * w * 3, max_size=h * w * 3))
+            if exact
+            else draw(st.binary(max_size=600))
+        )
         return pb.Image(encoding=pb.Image.RAW, data=data, height=h, width=w)
     return pb.Image(encoding=draw(st.integers(0, 7)), data=draw(st.binary(max_size=600)))
 
@@ -194,7 +198,13 @@ def rss_bytes() -> int:
 def fuzzed(tmp_path_factory):
     policy_dir, energy_dir = write_tiny_bundles(tmp_path_factory.mktemp("bundles"))
     reranker = load_reranker(
-        ServerConfig(policy_path=policy_dir, energy_path=energy_dir, backend="torch", max_candidates=MAX_N, default_candidates=8)
+        ServerConfig(
+            policy_path=policy_dir,
+            energy_path=energy_dir,
+            backend="torch",
+            max_candidates=MAX_N,
+            default_candidates=8,
+        )
     )
     config = ServerConfig(
         address="127.0.0.1:0", metrics_port=None, max_candidates=MAX_N, default_candidates=8,
@@ -305,7 +315,9 @@ def test_fuzz_score_candidates(fuzzed):
 
 def test_after_fuzzing_the_server_is_healthy_and_bounded(fuzzed):
     srv, channel, stub, info = fuzzed
-    assert sum(sum(t.codes.values()) for t in TALLIES.values()) >= 2000, "run the whole module"
+    if len(TALLIES) < 2 or "before" not in RSS:
+        pytest.skip("checks the server after the fuzz tests above: run the whole module")
+    assert sum(sum(t.codes.values()) for t in TALLIES.values()) >= 2000
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     r = stub.SelectAction(good_select(info), timeout=60)
@@ -314,5 +326,7 @@ def test_after_fuzzing_the_server_is_healthy_and_bounded(fuzzed):
     assert srv.server.servicer.batcher.depth == 0
     gc.collect()
     growth = rss_bytes() - RSS["before"]
-    print(f"\nresident memory: {RSS['before'] / 2**20:.0f} MiB before fuzzing, growth {growth / 2**20:+.1f} MiB")
+    print(
+        f"\nresident memory: {RSS['before'] / 2**20:.0f} MiB before fuzzing, growth {growth / 2**20:+.1f} MiB"
+    )
     assert growth < RSS_GROWTH_LIMIT

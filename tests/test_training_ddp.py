@@ -33,5 +33,5 @@ def test_torchrun_two_ranks_debug_preset(tmp_path: Path) -> None:
     trained = EnergyModel.from_pretrained(out / BUNDLE_DIR)
     torch.manual_seed(preset("debug").seed)
     init = EnergyModel(preset("debug").energy)
-    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), init.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), init.state_dict().values(), strict=True))
     assert proc.stdout.count("done: 12 steps") == 1  # only rank 0 reports (and writes)

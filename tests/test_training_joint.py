@@ -96,8 +96,8 @@ def test_alternating_mode_moves_one_side_per_phase(tmp_path: Path, task_windows)
         p0 = [p.clone() for p in policy.parameters()]
         e0 = [p.clone() for p in t.model.parameters()]
         t.train_step(step)
-        policy_moved = any(not torch.equal(a, b) for a, b in zip(p0, policy.parameters()))
-        energy_moved = any(not torch.equal(a, b) for a, b in zip(e0, t.model.parameters()))
+        policy_moved = any(not torch.equal(a, b) for a, b in zip(p0, policy.parameters(), strict=True))
+        energy_moved = any(not torch.equal(a, b) for a, b in zip(e0, t.model.parameters(), strict=True))
         assert (policy_moved, energy_moved) == ((True, False) if step % 2 == 0 else (False, True)), step
 
 

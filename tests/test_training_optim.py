@@ -20,7 +20,7 @@ def _snapshot(m: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def _same(a: list[torch.Tensor], m: torch.nn.Module) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a, m.parameters()))
+    return all(torch.equal(x, y) for x, y in zip(a, m.parameters(), strict=True))
 
 
 def test_warmup_then_constant_lr() -> None:

@@ -75,3 +75,16 @@ def test_batch_order_is_a_function_of_seed_and_step_and_ranks_disjoint() -> None
     r1 = EpochBatches(train, ranges, batch_size=4, seed=1, rank=1, world=2)
     for step in range(r0.per_epoch):
         assert not set(r0.batch(step).tolist()) & set(r1.batch(step).tolist())
+
+
+def test_train_configs_roundtrip_through_json() -> None:
+    import json
+
+    from energy_rerank.config import config_from_dict, config_to_dict
+    from energy_rerank.training.config import PRESETS, TrainConfig
+
+    for name, cfg in PRESETS.items():
+        again = config_from_dict(TrainConfig, json.loads(json.dumps(config_to_dict(cfg))))
+        assert again == cfg, name
+    with pytest.raises(ValueError, match="mode"):
+        TrainConfig(mode="both")  # type: ignore[arg-type]

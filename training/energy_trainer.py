@@ -156,9 +156,6 @@ class EnergyTrainer:
         return CandidateSampler(self.config.sampler, low, high)
 
     # ------------------------------------------------------------------ parameter sets
-    def energy_parameters(self) -> list[nn.Parameter]:
-        return list(self.model.parameters())
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         mods: list[nn.Module] = [self.model] + ([self.policy] if self.policy is not None else [])
         return [p for m in mods for p in m.parameters() if p.requires_grad]

@@ -9,6 +9,7 @@ changes nothing on the server. Other errors are raised at once as `grpc.RpcError
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import random
 import time
@@ -30,17 +31,22 @@ RULES = {"argmin": pb.ARGMIN, "softmax": pb.SOFTMAX}
 RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000))
 
 
-def replicas(addresses: Sequence[str], health_service: str = "energy_rerank.v1.RerankService",
-             ) -> tuple[str, list[tuple[str, Any]]]:  # fmt: skip
-    """Several `host:port` replicas -> (target, options) for a client that spreads its calls over
-    them round-robin and skips replicas whose health check is not SERVING (draining, loading).
-    For a DNS name that resolves to every replica (a Kubernetes headless Service), pass
-    `[f"dns:///{name}:{port}"]`."""
+def replicas(
+    addresses: Sequence[str], health_service: str = "energy_rerank.v1.RerankService"
+) -> tuple[str, list[tuple[str, Any]]]:
+    """Several replicas -> (target, options) for a client that spreads its calls over them
+    round-robin and skips replicas whose health check is not SERVING (draining, loading).
+    `addresses`: IP literals with ports ("10.0.0.5:50051", "[::1]:50051"), or one DNS target that
+    resolves to every replica, e.g. a Kubernetes headless Service: ["dns:///rerank:50051"]."""
     if len(addresses) == 1 and ":///" in addresses[0]:
         target = addresses[0]
     else:
-        hosts = [a.removeprefix("ipv4:") for a in addresses]
-        target = "ipv4:" + ",".join(hosts)
+        families = {_ip_family(a) for a in addresses}
+        if len(families) != 1:
+            raise ValueError(
+                f"replicas need IP literals of one family (or one dns:/// target), got {addresses}"
+            )
+        target = f"{families.pop()}:" + ",".join(addresses)
     config = {
         "loadBalancingConfig": [{"round_robin": {}}],
         "healthCheckConfig": {"serviceName": health_service},
@@ -112,6 +118,16 @@ class ModelInfo:
 
 
 # ------------------------------------------------------------------ messages <-> results
+def _ip_family(address: str) -> str:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return "ipv4" if ipaddress.ip_address(host).version == 4 else "ipv6"
+    except ValueError:
+        raise ValueError(
+            f"{address!r} is not ip:port; for host names use one 'dns:///name:port' target"
+        ) from None
+
+
 def select_request(
     images: Mapping[str, ImageLike] | None = None,
     state: np.ndarray | None = None,
@@ -241,8 +257,9 @@ class _Base:
 
 
 class RerankClient(_Base):
-    """Blocking client. `target` may be any gRPC target; `RerankClient(*replicas([...]))` spreads
-    calls over several replicas round-robin (see `replicas`).
+    """Blocking client. `target` may be any gRPC target; for several replicas,
+    `target, options = replicas([...])` then `RerankClient(target, options=options)` spreads the
+    calls over them round-robin, skipping replicas that are not SERVING.
     Arguments: token (bearer), timeout (seconds per call, retries included), retry, tls,
     root_certificates (PEM bytes to trust), options (extra gRPC channel options)."""
 

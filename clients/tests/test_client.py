@@ -186,3 +186,18 @@ def test_cli_reports_errors(fake, capsys):
     svc.fail_next = [grpc.StatusCode.INVALID_ARGUMENT]
     assert cli_main(["--target", target, "info"]) == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+def test_replicas_target_and_health_checked_round_robin():
+    from energy_rerank_client import replicas
+
+    target, options = replicas(["127.0.0.1:5001", "127.0.0.1:5002"])
+    assert target == "ipv4:127.0.0.1:5001,127.0.0.1:5002"
+    config = json.loads(dict(options)["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["healthCheckConfig"]["serviceName"] == "energy_rerank.v1.RerankService"
+    assert replicas(["[::1]:5001"])[0] == "ipv6:[::1]:5001"
+    assert replicas(["dns:///rerank.robots:50051"])[0] == "dns:///rerank.robots:50051"
+    for bad in (["rerank-0:50051"], ["127.0.0.1:1", "[::1]:2"]):
+        with pytest.raises(ValueError):
+            replicas(bad)

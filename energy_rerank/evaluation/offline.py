@@ -99,8 +99,10 @@ def evaluate_windows(
         robot = cands.float().cpu()
         if stats is not None:
             robot = stats.unnormalize_actions(robot)
-        robot = torch.maximum(torch.minimum(robot, high), low).numpy()  # [B, N, H, A], as the Reranker clips
-        abs_err = np.abs(robot - expert.numpy()[:, None])  # [B, N, H, A]
+        clipped = torch.maximum(
+            torch.minimum(robot, high), low
+        ).numpy()  # [B, N, H, A], as the Reranker clips
+        abs_err = np.abs(clipped - expert.numpy()[:, None])  # [B, N, H, A]
         parts.append(
             {
                 "l1": abs_err.mean(axis=(2, 3)),  # [B, N]

@@ -95,7 +95,7 @@ def _plots(report: dict[str, Any], res: StepResults, out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     cand = res.candidate_energy.ravel()
-    bins = np.histogram_bin_edges(np.r_[cand, res.expert_energy], bins=50)
+    bins = np.histogram_bin_edges(np.r_[cand, res.expert_energy], bins=50).tolist()
     ax.hist(cand, bins=bins, density=True, alpha=0.5, label="candidates")
     ax.hist(res.expert_energy, bins=bins, density=True, alpha=0.6, label="recorded (expert) chunk")
     ax.set_xlabel("energy")

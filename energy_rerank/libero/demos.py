@@ -18,6 +18,7 @@ from tqdm import tqdm
 from energy_rerank.libero.expert import ExpertConfig, PickPlaceExpert, pick_place_pair
 from energy_rerank.libero.runner import run_episode
 from energy_rerank.libero.sim import LiberoSim, SimConfig
+from energy_rerank.rollouts.episode import Episode
 from energy_rerank.rollouts.hdf5 import write_hdf5
 
 REPORT_FILE = "demo_report.json"
@@ -70,7 +71,8 @@ def _task(cfg: DemoConfig, task_id: int, out: Path, overwrite: bool) -> TaskRepo
             return TaskReport(
                 name, sim.instruction, 0, 0, 0.0, 0.0, 0.0, "", skipped="not a pick-and-place goal"
             )
-        kept, attempts = [], 0
+        kept: list[Episode] = []
+        attempts = 0
         bar = tqdm(total=cfg.episodes, desc=name, unit="demo", leave=False)
         while len(kept) < cfg.episodes and attempts < cfg.max_attempts:
             init = attempts % len(sim.init_states)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from energy_rerank.libero.sim import LiberoSim, _region_owner
+from energy_rerank.libero.sim import LiberoSim, region_owner
 from energy_rerank.policy.base import Observation
 
 POS_SCALE = 0.05  # OSC_POSE: action 1.0 moves the position target by 5 cm per control step
@@ -42,7 +42,7 @@ def pick_place_pair(sim: LiberoSim) -> tuple[str, str] | None:
         return None
     _, obj, target = sim.goal[0]
     bodies = sim.env.env.obj_body_id
-    return obj, target if target in bodies else _region_owner(target, bodies)
+    return obj, target if target in bodies else region_owner(target, bodies)
 
 
 def body_aabb(sim: LiberoSim, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -106,24 +106,25 @@ class PickPlaceExpert:
         place = np.array([(tlo[0] + thi[0]) / 2, (tlo[1] + thi[1]) / 2, thi[2] + self.cfg.release_above])
         place[:2] += self.place_jitter
         name, cfg = self.phase_name, self.cfg
+        done: bool
         if name == "approach":
             goal, grip = np.r_[grasp[:2], hi[2] + cfg.hover], -1.0
-            done = np.linalg.norm(goal - ee) < 2 * cfg.tol
+            done = bool(np.linalg.norm(goal - ee) < 2 * cfg.tol)
         elif name == "descend":  # the fingertips may meet the table (or a neighbour) first: time out
             goal, grip = grasp, -1.0
-            done = np.linalg.norm(goal - ee) < cfg.tol or self.count > 40
+            done = bool(np.linalg.norm(goal - ee) < cfg.tol or self.count > 40)
         elif name == "grasp":
             goal, grip = grasp, 1.0
             done = self.count >= cfg.grasp_steps
         elif name == "lift":
             goal, grip = np.r_[ee[:2], cfg.carry_z], 1.0
-            done = ee[2] > cfg.carry_z - 0.03
+            done = bool(ee[2] > cfg.carry_z - 0.03)
         elif name == "carry":
             goal, grip = np.r_[place[:2], cfg.carry_z], 1.0
-            done = np.linalg.norm(goal[:2] - ee[:2]) < cfg.tol
+            done = bool(np.linalg.norm(goal[:2] - ee[:2]) < cfg.tol)
         elif name == "lower":
             goal, grip = place, 1.0
-            done = np.linalg.norm(goal - ee) < 1.5 * cfg.tol or self.count > 40
+            done = bool(np.linalg.norm(goal - ee) < 1.5 * cfg.tol or self.count > 40)
         elif name == "release":
             goal, grip = place, -1.0
             done = self.count >= cfg.release_steps

@@ -134,7 +134,7 @@ class LiberoSim:
     def body_pose(self, name: str) -> np.ndarray:
         """World pose [7] = pos (3) + quat xyzw (4) of an object or fixture body."""
         inner = self.env.env
-        name = name if name in inner.obj_body_id else _region_owner(name, inner.obj_body_id)
+        name = name if name in inner.obj_body_id else region_owner(name, inner.obj_body_id)
         bid = inner.obj_body_id[name]
         wxyz = inner.sim.data.body_xquat[bid]
         return np.concatenate([inner.sim.data.body_xpos[bid], wxyz[[1, 2, 3, 0]]]).astype(np.float32)
@@ -182,7 +182,7 @@ def _pad2(names: tuple[str, ...]) -> tuple[str, ...]:
     return (names + names)[:2] if names else ()
 
 
-def _region_owner(region: str, bodies: dict[str, int]) -> str:
+def region_owner(region: str, bodies: dict[str, int]) -> str:
     """'basket_1_contain_region' / 'wooden_cabinet_1_middle_region' -> the body that owns it."""
     owners = [b for b in bodies if region.startswith(b)]
     if not owners:

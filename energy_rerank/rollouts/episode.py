@@ -43,7 +43,7 @@ class Episode:
                 f"{self.name or 'episode'}: actions must be [T, A], got {self.actions.shape}"
             )
         t = self.length
-        per_step = {f"obs/{k}": v for k, v in self.obs.items()}
+        per_step: dict[str, np.ndarray | None] = {f"obs/{k}": v for k, v in self.obs.items()}
         per_step.update({"states": self.states, "rewards": self.rewards, "dones": self.dones})
         for key, arr in per_step.items():
             if arr is not None and arr.shape[0] != t:

@@ -52,7 +52,8 @@ def iter_hdf5(
     """
     with _open(path) as f:
         attrs = _decode_attrs(f["data"].attrs)
-        problem = attrs.get("problem_info") if isinstance(attrs.get("problem_info"), dict) else {}
+        problem = attrs.get("problem_info")
+        problem = problem if isinstance(problem, dict) else {}
         instruction = str(problem.get("language_instruction", attrs.get("instruction", "")))
         task = str(attrs.get("task", problem.get("problem_name", Path(path).stem)))
         for name in demos if demos is not None else _sorted_demos(f, path):
