@@ -15,7 +15,8 @@ else:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: CI has 2 cores and server subprocesses of the same tests compete for them.
+torch.set_num_threads(1)
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_LIBERO = importlib.util.find_spec("libero") is not None

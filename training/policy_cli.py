@@ -1,6 +1,6 @@
 """`energy-rerank train-policy`: behaviour-clone the reference policy on the synthetic task.
 
-    energy-rerank train-policy --out runs/policy-tiny                       # tiny, low-dim, ~1-2 min
+    energy-rerank train-policy --out runs/policy-tiny                       # tiny, low-dim, minutes
     energy-rerank train-policy --out runs/policy-img --inputs image --size small --steps 4000
 
 Writes a policy bundle (config.json, model.safetensors, stats.json) that `energy-rerank serve
@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> None:
         "--image-size", type=int, default=32, help="camera image side for --inputs image (default 32)"
     )
     p.add_argument(
-        "--episodes", type=int, default=200, help="training episodes of the synthetic task (default 200)"
+        "--episodes", type=int, default=1000, help="training episodes of the synthetic task (default 1000)"
     )
     p.add_argument(
         "--val-episodes", type=int, default=30, help="held-out episodes (another seed; default 30)"
