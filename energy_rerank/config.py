@@ -32,6 +32,8 @@ class EnergyConfig:
     action_blocks: int = 1  # MLPResNet blocks in the action encoder (seed: 1)
     head_blocks: int = 2  # MLPResNet blocks in the per-step prediction head (seed: 2)
     pe_dropout: float = 0.2  # dropout after the positional encoding (seed: 0.2; off in eval)
+    action_residual: bool = False  # add the action embedding to the attention output (seed: no);
+    # without it the action reaches the prediction head only through attention weights
     activation: EnergyActivation = "softplus"  # energy squashing: sigmoid = the seed's (0.1, 2.1)
     sigmoid_prescale: float = 0.5  # seed: sigmoid(raw * 0.5) * 2.0 + 0.1
     sigmoid_scale: float = 2.0  # seed energy_scale

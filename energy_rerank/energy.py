@@ -39,7 +39,8 @@ class EncodedContext:
 
     @property
     def batch(self) -> int:
-        return int(self.keys.shape[0])
+        # No int(): under torch.export this stays symbolic, so exported graphs keep B dynamic.
+        return self.keys.shape[0]
 
 
 class NonFiniteError(FloatingPointError):
@@ -128,9 +129,12 @@ class EnergyModel(nn.Module):
         self._check(q, "action_mapped")
         return q
 
-    def energy_from_attention(self, z: torch.Tensor) -> torch.Tensor:
-        """Attention output before out_proj [..., H, hid] -> energies [...] (mean over H)."""
+    def energy_from_attention(self, z: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Attention output before out_proj [..., H, hid] and the action embedding that asked
+        for it [..., H, hid] -> energies [...] (mean over H)."""
         z = self.cross.out_proj(z)
+        if self.config.action_residual:
+            z = z + queries
         self._check(z, "attn_out")
         raw = self.prediction_head(z).squeeze(-1)  # [..., H]
         self._check(raw, "energy_feature_step")
@@ -148,12 +152,12 @@ class EnergyModel(nn.Module):
         c = self.config
         heads, dh = c.heads, c.hidden // c.heads
         wq, _, _, bq, _, _ = self._qkv_weights()
-        q = F.linear(self.embed_actions(actions), wq, bq)  # [B, N, H, hid]
-        q = q.reshape(b, n * h, heads, dh).transpose(1, 2)  # [B, heads, N*H, dh]
+        emb = self.embed_actions(actions)  # [B, N, H, hid]
+        q = F.linear(emb, wq, bq).reshape(b, n * h, heads, dh).transpose(1, 2)  # [B, heads, N*H, dh]
         mask = context.valid[:, None, None, :]  # [B, 1, 1, S]; SDPA bool mask: True = attend
         z = F.scaled_dot_product_attention(q, context.keys, context.values, attn_mask=mask)
         z = z.transpose(1, 2).reshape(b, n, h, c.hidden)  # [B, N, H, hid]
-        return self.energy_from_attention(z)
+        return self.energy_from_attention(z, emb)
 
     def energy_matrix(self, context: EncodedContext, actions: torch.Tensor) -> torch.Tensor:
         """In-batch matrix E[i, j] = E(context_i, actions_j) for actions [B, H, A] -> [B, B]."""
@@ -170,6 +174,8 @@ class EnergyModel(nn.Module):
         q = self.embed_actions(actions)  # [B, H, hid]
         pad = None if valid is None else ~valid
         z, _ = self.cross(q, ctx, ctx, key_padding_mask=pad, need_weights=False)
+        if self.config.action_residual:
+            z = z + q
         self._check(z, "attn_out")
         raw = self.prediction_head(z).squeeze(-1)  # [B, H]
         return self.activate(raw).mean(-1)

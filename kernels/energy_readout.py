@@ -17,8 +17,7 @@ import triton
 import triton.language as tl
 
 from energy_rerank.kernels.folded_weights import FoldedEnergyHead
-
-MAX_HIDDEN = 1024  # one row per program register tile; wider heads need a K loop here
+from energy_rerank.kernels.triton_support import MAX_HIDDEN
 
 
 @triton.jit

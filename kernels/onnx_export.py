@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from energy_rerank.energy import EnergyModel
@@ -27,28 +26,14 @@ DEFAULT_OPSET = 18
 
 
 class EnergyHeadGraph(nn.Module):
-    """EnergyModel.encode_context + EnergyModel.score as one traceable forward.
-
-    Written out rather than calling `score`, whose batch-size check reads `EncodedContext.batch`
-    as a Python int and so would freeze B at the example's value in the exported graph.
-    """
+    """EnergyModel.encode_context + EnergyModel.score as one traceable forward."""
 
     def __init__(self, model: EnergyModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        m, c = self.model, self.model.config
-        ctx = m.encode_context(hidden, valid)
-        b, n, h, _ = candidates.shape
-        heads, dh = c.heads, c.hidden // c.heads
-        wq, _, _, bq, _, _ = m._qkv_weights()
-        q = F.linear(m.embed_actions(candidates), wq, bq)  # [B, N, H, hid]
-        q = q.reshape(b, n * h, heads, dh).transpose(1, 2)  # [B, heads, N*H, dh]
-        mask = valid[:, None, None, :]  # [B, 1, 1, S], True = attend
-        z = F.scaled_dot_product_attention(q, ctx.keys, ctx.values, attn_mask=mask)
-        z = z.transpose(1, 2).reshape(b, n, h, c.hidden)  # [B, N, H, hid]
-        return m.energy_from_attention(z)  # [B, N]
+        return self.model.score(self.model.encode_context(hidden, valid), candidates)  # [B, N]
 
 
 def export_onnx(

@@ -15,7 +15,7 @@ import torch
 
 from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.cuda_graphs import DEFAULT_B_BUCKETS, DEFAULT_N_BUCKETS, GraphedScorer
-from energy_rerank.kernels.triton_support import triton_usable
+from energy_rerank.kernels.triton_support import triton_usable, unsupported_reason
 from energy_rerank.scoring import Scorer, TorchScorer
 
 Backend = Literal["auto", "triton", "torch", "onnxruntime"]
@@ -42,7 +42,8 @@ def resolve_backend(model: EnergyModel, backend: str) -> str:
     if backend != "auto":
         return backend
     device = next(model.parameters()).device
-    return "triton" if device.type == "cuda" and triton_usable(device) else "torch"
+    fits = device.type == "cuda" and triton_usable(device) and unsupported_reason(model.config) is None
+    return "triton" if fits else "torch"
 
 
 class EnergyScorer:

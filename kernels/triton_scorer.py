@@ -25,10 +25,10 @@ import torch
 
 from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.energy_attention import AttentionBlocks, masked_cross_attention
-from energy_rerank.kernels.energy_readout import MAX_HIDDEN, energy_readout
+from energy_rerank.kernels.energy_readout import energy_readout
 from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, FoldedEnergyHead, fold_energy_head
 from energy_rerank.kernels.fused_linear import LinearBlocks, fused_linear
-from energy_rerank.kernels.triton_support import triton_usable
+from energy_rerank.kernels.triton_support import triton_usable, unsupported_reason
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,9 @@ class TritonScorer:
                 f"the Triton backend needs triton and a CUDA device (or TRITON_INTERPRET=1 with CPU "
                 f"tensors); model is on {device}"
             )
-        c = model.config
-        dh = c.hidden // c.heads
-        if dh < 16 or dh & (dh - 1) or c.hidden > MAX_HIDDEN:
-            raise ValueError(
-                f"the Triton backend supports hidden/heads a power of two >= 16 and hidden <= {MAX_HIDDEN}; "
-                f"got hidden={c.hidden}, heads={c.heads}. Use backend='torch'."
-            )
+        why = unsupported_reason(model.config)
+        if why:
+            raise ValueError(f"{why}. Use backend='torch'.")
         dtype = dtype or model.compute_dtype
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the Triton backend computes in float32 or bfloat16, got {dtype}")

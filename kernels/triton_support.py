@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from energy_rerank.config import EnergyConfig
+
 
 def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
@@ -29,6 +31,22 @@ def triton_usable(device: torch.device) -> bool:
     if device.type == "cuda":
         return not interpreting()
     return device.type == "cpu" and interpreting()
+
+
+MAX_HIDDEN = 1024  # one row per program register tile in the readout; wider heads need a K loop
+
+
+def unsupported_reason(config: EnergyConfig) -> str | None:
+    """Why the fused kernels cannot score this architecture, or None when they can."""
+    dh = config.hidden // config.heads
+    if dh < 16 or dh & (dh - 1) or config.hidden > MAX_HIDDEN:
+        return (
+            f"the Triton backend supports hidden/heads a power of two >= 16 and hidden <= {MAX_HIDDEN}; "
+            f"got hidden={config.hidden}, heads={config.heads}"
+        )
+    if config.action_residual:
+        return "the Triton backend does not fuse action_residual yet"
+    return None
 
 
 def dot_dtype(storage: torch.dtype):
