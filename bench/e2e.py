@@ -38,12 +38,17 @@ def jpeg(height: int, width: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def observation(info, image_px: int, seed: int) -> dict:  # type: ignore[no-untyped-def]
-    """Kwargs for RerankClient.select matching what the served policy expects."""
+def observation(info, image_px: int, seed: int, min_cameras: int = 2) -> dict:  # type: ignore[no-untyped-def]
+    """Kwargs for RerankClient.select matching what the served policy expects.
+
+    At least `min_cameras` JPEG images travel (extra ones named extra_i) so the wire and decode
+    cost of a typical two-camera robot is measured whatever the served policy reads.
+    """
     rng = np.random.default_rng(seed)
     obs: dict = {"instruction": "pick up the red block"}
-    if info.cameras:
-        obs["images"] = {cam: jpeg(image_px, image_px, seed + i) for i, cam in enumerate(info.cameras)}
+    cameras = list(info.cameras) + [f"extra_{i}" for i in range(max(0, min_cameras - len(info.cameras)))]
+    if cameras:
+        obs["images"] = {cam: jpeg(image_px, image_px, seed + i) for i, cam in enumerate(cameras)}
     if info.state_dim:
         obs["state"] = rng.normal(size=info.state_dim).astype(np.float32)
     if info.lowdim_dim:

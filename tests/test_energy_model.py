@@ -22,10 +22,11 @@ def _inputs(b: int, s: int, n: int, h: int, a: int = 7, seed: int = 0):
     return hidden, valid, actions
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("b,s,n,h", [(3, 13, 5, 6), (1, 7, 1, 1), (2, 30, 3, 4)])
-def test_score_equals_pairwise_forward(b: int, s: int, n: int, h: int) -> None:
+def test_score_equals_pairwise_forward(b: int, s: int, n: int, h: int, residual: bool) -> None:
     torch.manual_seed(0)
-    model = EnergyModel(SMALL).eval()
+    model = EnergyModel(EnergyConfig(**{**SMALL.__dict__, "action_residual": residual})).eval()
     hidden, valid, actions = _inputs(b, s, n, h)
     with torch.no_grad():
         energies = model.score(model.encode_context(hidden, valid), actions)  # [B, N]

@@ -11,6 +11,7 @@ runs more than once and ends on a partial block.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -184,6 +185,10 @@ def test_unsupported_shapes_are_named(k):
     model = make_model("softplus", hidden=48, heads=4)  # d_head 12: not a tl.dot tile
     with pytest.raises(ValueError, match="hidden/heads"):
         k.triton_scorer.TritonScorer(model)
+    residual = make_model("softplus")
+    residual.config = dataclasses.replace(residual.config, action_residual=True)
+    with pytest.raises(ValueError, match="action_residual"):
+        k.triton_scorer.TritonScorer(residual)
     scorer = k.triton_scorer.TritonScorer(make_model("softplus"))
     hidden, valid, cand = make_inputs(1, 2, 9, 5, "all", seed=0)  # H = 9 > chunk_len 8
     with pytest.raises(ValueError, match="H=9"):

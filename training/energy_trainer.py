@@ -33,6 +33,7 @@ from energy_rerank.config import config_from_dict, config_to_dict
 from energy_rerank.energy import EnergyModel, NonFiniteError
 from energy_rerank.normalize import NormStats
 from energy_rerank.training.batching import EpochBatches, split_holdout
+from energy_rerank.training.bc import bc_loss
 from energy_rerank.training.cache import FeatureBatch, FeatureCache, InMemoryFeatures
 from energy_rerank.training.checkpointing import (
     latest_checkpoint,
@@ -46,7 +47,7 @@ from energy_rerank.training.distributed import DistInfo, barrier, replica_max_di
 from energy_rerank.training.losses import LossConfig, energy_loss
 from energy_rerank.training.monitor import Monitor
 from energy_rerank.training.optim import GuardedOptimizer, StepResult
-from energy_rerank.training.policy_data import PolicyWindows, policy_features, policy_l1_loss
+from energy_rerank.training.policy_data import PolicyWindows, policy_features
 from energy_rerank.training.synthetic_features import make_synthetic_features
 
 if TYPE_CHECKING:  # the policy module imports transformers; energy-only training never needs it
@@ -193,7 +194,7 @@ class EnergyTrainer:
         assert self.policy is not None and self.policy_opt is not None
         self.policy.train()
         inputs, expert = self._policy_batch(ids)
-        loss = policy_l1_loss(self.policy, inputs, expert)
+        loss, _ = bc_loss(self.policy, inputs, expert)
         r = self.policy_opt.step(loss)
         return {"l1": r.loss, "policy_grad_norm": r.grad_norm, "policy_skipped": float(not r.applied)}
 

@@ -2,8 +2,7 @@
 
 - `PolicyWindows`: observation windows encoded once into the policy's tensors (PolicyInputs),
   expert chunks normalised with the policy's statistics; batches are gathered by item id.
-- `policy_l1_loss`: the policy's own behaviour-cloning loss (L1 of the last layer's chunk),
-  the loss that trains the policy in the joint modes.
+  (The joint modes train the policy with `energy_rerank.training.bc.bc_loss`.)
 - `policy_features`: a frozen forward (no grad, eval mode) -> FeatureBatch for the energy loss.
 - `cache_policy_features`: run a frozen policy over windows once into a feature cache.
 """
@@ -45,19 +44,6 @@ class PolicyWindows:
 
     def shard_ranges(self) -> list[tuple[int, int]]:
         return [(0, len(self))]
-
-
-def policy_l1_loss(
-    policy: ReferenceVLA, inputs: PolicyInputs, expert: torch.Tensor, layer_loss_weight: float = 0.1
-) -> torch.Tensor:
-    """The behaviour-cloning loss of training/bc.py: L1 of the last layer's chunk to the expert
-    [B, H, A], plus `layer_loss_weight` x the mean L1 of the earlier layers (deep supervision)."""
-    _, _, action_hidden = policy(inputs)  # [B, L, H, D]
-    per_layer = (policy.head(action_hidden) - expert.to(action_hidden.device)[:, None]).abs().mean(dim=(0, 2, 3))
-    loss = per_layer[-1]
-    if layer_loss_weight > 0 and per_layer.numel() > 1:
-        loss = loss + layer_loss_weight * per_layer[:-1].mean()
-    return loss
 
 
 def policy_features(policy: ReferenceVLA, inputs: PolicyInputs, expert: torch.Tensor) -> FeatureBatch:
