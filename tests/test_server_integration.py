@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from energy_rerank.energy import EnergyModel
 from energy_rerank.scoring import TorchScorer
 from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY
-from energy_rerank.server.testing import ServerProcess, embedded_default_present, write_tiny_bundles
+from energy_rerank.server.testing import ServerProcess, embedded_default_present
 from energy_rerank_client import RerankClient, RetryPolicy
 from energy_rerank_client._proto import rerank_pb2 as pb
 from energy_rerank_client.client import select_request
@@ -31,16 +31,15 @@ MAX_N = 256
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    if embedded_default_present():
-        return DEFAULT_POLICY, DEFAULT_ENERGY
-    return write_tiny_bundles(tmp_path_factory.mktemp("bundles"))
+def bundles():
+    # The product's main job is `energy-rerank serve` with no arguments: test exactly that.
+    assert embedded_default_present(), "embedded default missing: run `make assets`"
+    return DEFAULT_POLICY, DEFAULT_ENERGY
 
 
 @pytest.fixture(scope="module")
 def server(bundles):
-    args = [] if embedded_default_present() else ["--policy", str(bundles[0]), "--energy", str(bundles[1])]
-    args += ["--max-message-mb", "1", "--max-candidates", str(MAX_N)]
+    args = ["--max-message-mb", "1", "--max-candidates", str(MAX_N)]  # no model flags: the embedded default
     with ServerProcess(args, env={"ENERGY_RERANK_TOKEN": TOKEN}) as srv:
         yield srv
 
