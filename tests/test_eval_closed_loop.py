@@ -29,6 +29,36 @@ def test_wilson_matches_reference_values():
     assert hi == pytest.approx(1.0) and lo == pytest.approx(0.7225, abs=1e-4)
 
 
+def test_report_and_plot_at_all_or_nothing_success(tmp_path):
+    """10/10 and 0/10 put the Wilson bound a rounding error inside the rate: the plot must cope."""
+    from energy_rerank.evaluation.closed_loop import summarize, write_report
+
+    cfg = ClosedLoopConfig(tasks=(0, 1), episodes=10, ns=(1, 16))
+    lat = {"client_seconds": [0.02], "server_seconds": [0.01], "inference_seconds": [0.01]}
+    rows = [
+        {
+            "task": t,
+            "n": n,
+            "episode": e,
+            "success": t == 0,
+            "steps": 100 if t == 0 else 280,
+            "requests": 1,
+            "reranked_share": 0.0,
+            "fallbacks": 0,
+            **lat,
+        }  # fmt: skip
+        for t in cfg.tasks
+        for n in cfg.ns
+        for e in range(cfg.episodes)
+    ]
+    report = summarize(rows, cfg)
+    overall = report["settings"]["N=16"]["overall"]
+    assert (overall["successes"], overall["episodes"], overall["mean_length"]) == (10, 20, 190.0)
+    assert report["settings"]["N=1"]["per_task"]["1"]["wilson95"][0] == 0.0
+    json_path, png = write_report(report, tmp_path)
+    assert json_path.is_file() and png.stat().st_size > 0
+
+
 def test_controller_names_a_lowdim_width_mismatch():
     info = SimpleNamespace(cameras=(), state_dim=0, lowdim_dim=25)
     client = SimpleNamespace(info=lambda: info)

@@ -221,7 +221,7 @@ def plot_success(report: dict[str, Any], path: Path) -> Path:
         rate = np.array([c["rate"] for c in cells])
         lo = np.array([c["wilson95"][0] for c in cells])
         hi = np.array([c["wilson95"][1] for c in cells])
-        err = np.stack([rate - lo, hi - rate])  # [2, G]
+        err = np.clip(np.stack([rate - lo, hi - rate]), 0, None)  # [2, G]; rounding at 0/1 can go below 0
         ax.bar(x + (i - (len(settings) - 1) / 2) * width, rate, width, yerr=err, capsize=2, label=label)
     ax.set_xticks(x, [f"task {g}" if g != "all" else "all" for g in groups], rotation=45, ha="right")
     ax.set_ylim(0, 1.05)
