@@ -45,12 +45,15 @@ def grid(args: argparse.Namespace, device: torch.device) -> list[dict]:
         dtypes = ["fp32"]
     elif device.type == "cuda":
         shapes = [(1, 64), (8, 64), (32, 64), (8, 256), (8, 16), (8, 1024)]
-        sizes = [(300, 4096), (600, 4096), (300, 2048)]
+        sizes = [(300, 4096)]
         dtypes = ["fp32", "bf16"]
     else:
         shapes = [(1, 16), (1, 64), (8, 64), (1, 256)]
         sizes = [(64, 512), (300, 4096)]
         dtypes = ["fp32"]
+    shapes = args.bn or shapes
+    sizes = args.sd or sizes
+    dtypes = args.dtypes or dtypes
     return [
         {"B": b, "N": n, "S": s, "D": d, "dtype": dt}
         for (b, n), (s, d), dt in itertools.product(shapes, sizes, dtypes)
@@ -113,7 +116,8 @@ def run_e2e(args: argparse.Namespace, meta: dict) -> list[dict]:
         model_args += ["--energy", str(args.energy)]
     model_args += ["--device", args.device]
     for batching, flags in e2e.BATCHING.items():
-        with ServerProcess([*model_args, *flags]) as server:
+        # On CUDA the server captures every graph bucket before it listens: allow for it.
+        with ServerProcess([*model_args, *flags], startup_timeout=600.0) as server:
             cases = list(itertools.product((1, 64), concurrency))
             for n, c in tqdm(cases, desc=f"e2e batching={batching}", unit="case"):
                 samples, wall = e2e.run_load(server.address, c, args.e2e_requests, n, args.image_px)
@@ -121,7 +125,20 @@ def run_e2e(args: argparse.Namespace, meta: dict) -> list[dict]:
                     "kind": "e2e", "batching": batching, "N": n, "concurrency": c,
                     "image_px": args.image_px, **e2e.summarize(samples, wall), **meta,
                 })  # fmt: skip
+                with open(args.out / "e2e_partial.jsonl", "a") as f:  # kept if a later case is cut off
+                    f.write(json.dumps(records[-1]) + "\n")
     return records
+
+
+def pair(text: str) -> tuple[int, int]:
+    """'8x64' -> (8, 64)."""
+    try:
+        a, b = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two integers like 8x64, got {text!r}") from None
+    if a < 1 or b < 1:
+        raise argparse.ArgumentTypeError(f"both sizes must be >= 1, got {text!r}")
+    return a, b
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="output folder (default: %(default)s)")
     p.add_argument("--providers", nargs="*", choices=providers.PROVIDERS, help="scoring providers (default: all)")
     p.add_argument("--parts", nargs="*", choices=("score", "e2e"), default=["score", "e2e"], help="what to run")
+    p.add_argument("--bn", nargs="*", type=pair, metavar="BxN", help="scoring shapes, e.g. 8x64 32x64 (default: by device)")
+    p.add_argument("--sd", nargs="*", type=pair, metavar="SxD", help="context length x width, e.g. 300x4096 (default: by device)")
+    p.add_argument("--dtypes", nargs="*", choices=tuple(DTYPES), help="scoring dtypes (default: by device)")
     p.add_argument("--steps", type=int, default=8, help="H, action steps per chunk (default: %(default)s)")
     p.add_argument("--calls", type=int, default=None, help="timed calls per case (default: 100 GPU, 20 CPU)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per case (default: %(default)s)")

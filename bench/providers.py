@@ -67,9 +67,11 @@ def unavailable_reason(provider: str, device: torch.device) -> str | None:
             return "triton is not importable for this device"
     if provider == "onnxruntime":
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime
         except ImportError:
             return "onnxruntime is not installed"
+        if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "onnxruntime has no CUDA provider here (install onnxruntime-gpu)"
     return None
 
 

@@ -75,11 +75,11 @@ def variants(all_configs: bool):
             for cfg in configs:
                 c = cfg.kwargs
                 label = f"linear {dt} {mode} {c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} w{cfg.num_warps}s{cfg.num_stages}"
-                yield label, lin, types, dict(flags, DOT_DTYPE=dot, **c), cfg.num_warps, cfg.num_stages
+                yield label, lin, types, dict(flags, DOT_DTYPE=dot, PRECISION="tf32x3", **c), cfg.num_warps, cfg.num_stages
         types = {"q_ptr": f"*{dt}", "kv_ptr": f"*{dt}", "valid_ptr": "*u8", "z_ptr": f"*{dt}"}
         types |= {n: "i32" for n in ("R", "S", "HID", "stride_q", "stride_kv", "stride_z")}
         bl = energy_attention.AttentionBlocks()
-        consts = dict(DH=64, DOT_DTYPE=dot, BLOCK_M=bl.block_m, BLOCK_S=bl.block_s)
+        consts = dict(DH=64, DOT_DTYPE=dot, PRECISION="tf32x3", BLOCK_M=bl.block_m, BLOCK_S=bl.block_s)
         label = f"attention {dt} d_head 64 {bl.block_m}x{bl.block_s} w{bl.num_warps}s{bl.num_stages}"
         yield label, energy_attention._masked_cross_attention_kernel, types, consts, bl.num_warps, bl.num_stages
         types = {n: "*fp32" for n in ("ln_w_ptr", "ln_b_ptr", "w_ptr", "bias_ptr", "out_ptr")}

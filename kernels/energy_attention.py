@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from energy_rerank.kernels.triton_support import dot_dtype
+from energy_rerank.kernels.triton_support import dot_dtype, dot_precision
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ def _masked_cross_attention_kernel(
     stride_z,
     DH: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)
     BLOCK_M: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -76,7 +77,7 @@ def _masked_cross_attention_kernel(
         in_range = keys < S
         keep = tl.load(valid_ptr + b * S + keys, mask=in_range, other=0) != 0
         k = tl.load(k_base + keys[None, :] * stride_kv + offs_d[:, None], mask=in_range[None, :], other=0.0)
-        scores = tl.dot(q, k.to(DOT_DTYPE))  # [BLOCK_M, BLOCK_S], log2 units
+        scores = tl.dot(q, k.to(DOT_DTYPE), input_precision=PRECISION)  # [BLOCK_M, BLOCK_S], log2 units
         scores = tl.where(keep[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp2(m_i - m_new)
@@ -84,7 +85,7 @@ def _masked_cross_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + keys[:, None] * stride_kv + offs_d[None, :], mask=in_range[:, None], other=0.0)
         pd = p.to(v_base.dtype.element_ty).to(DOT_DTYPE)
-        acc = tl.dot(pd, v.to(DOT_DTYPE), acc * alpha[:, None])
+        acc = tl.dot(pd, v.to(DOT_DTYPE), acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
     z = acc / l_i[:, None]
     z_ptrs = z_ptr + q_rows * stride_z + head * DH + offs_d[None, :]
@@ -97,6 +98,7 @@ def masked_cross_attention(
     valid: torch.Tensor,  # [B, S] bool, True = attend
     heads: int,
     blocks: AttentionBlocks | None = None,
+    fp32_precision: str = "tf32x3",  # fp32 inputs: tf32x3 (about fp32), tf32 (fastest) or ieee
 ) -> torch.Tensor:
     """One launch -> attention output [B*R, hid] in q's dtype."""
     b, s = valid.shape
@@ -127,6 +129,7 @@ def masked_cross_attention(
         z.stride(0),
         DH=dh,
         DOT_DTYPE=dot_dtype(q.dtype),
+        PRECISION=dot_precision(q.dtype, fp32_precision),
         BLOCK_M=bl.block_m,
         BLOCK_S=bl.block_s,
         num_warps=bl.num_warps,

@@ -23,6 +23,7 @@ autotune off) and `AUTOTUNE_CONFIGS` (searched once per shape on the GPU, before
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ import triton
 import triton.language as tl
 
 from energy_rerank.kernels.folded_weights import FoldedLinear
-from energy_rerank.kernels.triton_support import dot_dtype, interpreting
+from energy_rerank.kernels.triton_support import dot_dtype, dot_precision, interpreting
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ AUTOTUNE_CONFIGS = [
         (128, 64, 64, 4, 3),
         (64, 256, 64, 8, 3),
         (32, 64, 128, 4, 2),
+        (128, 256, 64, 8, 3),  # H100 sweep: best for every 512-wide layer at B*N*H = 16384 rows
     ]
 ]
 
@@ -111,6 +113,7 @@ def _fused_linear_kernel(
     RESIDUAL: tl.constexpr,
     HAS_TABLE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -148,7 +151,7 @@ def _fused_linear_kernel(
         w = tl.load(w_ptr + kk[:, None] * NOUT + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         # x goes to the weight's dtype as the torch reference stores activations; bf16 inputs
         # already are, so on the GPU both casts vanish and the tile feeds the MMA as loaded.
-        acc = tl.dot(x.to(w_ptr.dtype.element_ty).to(DOT_DTYPE), w.to(DOT_DTYPE), acc)
+        acc = tl.dot(x.to(w_ptr.dtype.element_ty).to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PRECISION)
 
     if LN_FOLDED:
         rstd = 1.0 / tl.sqrt(m2 / K + eps)
@@ -170,10 +173,21 @@ def _fused_linear_kernel(
 _autotuned = None
 
 
+def _quick_bench(fn, quantiles=None):  # type: ignore[no-untyped-def]
+    """Autotuning's timer: 5 ms warm-up and 20 ms of repeats per config (triton's default is 25 + 100),
+    so a new shape bucket costs about 2 s of tuning rather than 10 (these kernels run in microseconds)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
 def _autotuned_kernel():
     global _autotuned
     if _autotuned is None:
-        _autotuned = triton.autotune(AUTOTUNE_CONFIGS, key=["M_BUCKET", "K", "NOUT", "HAS_LN", "LN_FOLDED"])(_fused_linear_kernel)
+        key = ["M_BUCKET", "K", "NOUT", "HAS_LN", "LN_FOLDED", "PRECISION"]
+        options = inspect.signature(triton.autotune).parameters
+        extra = {k: v for k, v in (("do_bench", _quick_bench), ("cache_results", True)) if k in options}
+        _autotuned = triton.autotune(AUTOTUNE_CONFIGS, key=key, **extra)(_fused_linear_kernel)
     return _autotuned
 
 
@@ -183,6 +197,7 @@ def fused_linear(
     steps: int = 1,  # rows per table period (H) when the layer has a per-step table
     blocks: LinearBlocks | None = None,  # None: heuristic, or autotune when `autotune`
     autotune: bool = False,  # search AUTOTUNE_CONFIGS on the GPU (first call per shape)
+    fp32_precision: str = "tf32x3",  # fp32 weights: tf32x3 (about fp32), tf32 (fastest) or ieee
 ) -> torch.Tensor:
     """One launch: [M, K] -> [M, N] in the layer's compute dtype."""
     k, n = layer.weight.shape
@@ -218,6 +233,7 @@ def fused_linear(
         RESIDUAL=layer.residual,
         HAS_TABLE=layer.table is not None,
         DOT_DTYPE=dot_dtype(layer.weight.dtype),
+        PRECISION=dot_precision(layer.weight.dtype, fp32_precision),
     )
     if autotune and blocks is None and not interpreting():
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731

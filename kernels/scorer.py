@@ -32,6 +32,9 @@ class ScorerConfig:
     b_buckets: tuple[int, ...] = DEFAULT_B_BUCKETS  # graph buckets for the number of contexts
     n_buckets: tuple[int, ...] = DEFAULT_N_BUCKETS  # graph buckets for candidates per context
     autotune: bool = True  # triton: search block sizes per shape on the GPU (else the heuristic)
+    # triton, fp32 models: tl.dot precision. tf32x3 matches torch's fp32 to about 1e-5; tf32 is
+    # faster and off by about 2e-3 of the energies' scale; ieee skips the tensor cores.
+    fp32_precision: Literal["tf32x3", "tf32", "ieee"] = "tf32x3"
     onnx_path: str | None = None  # onnxruntime: the exported file
 
 
@@ -58,7 +61,7 @@ class EnergyScorer:
             from energy_rerank.kernels.triton_scorer import TritonScorer
 
             dtype = None if config.dtype == "model" else getattr(torch, config.dtype)
-            impl = TritonScorer(model, dtype=dtype, autotune=config.autotune)
+            impl = TritonScorer(model, dtype=dtype, autotune=config.autotune, fp32_precision=config.fp32_precision)
         elif self.backend == "torch":
             impl = TorchScorer(model)
         else:

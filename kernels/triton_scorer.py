@@ -28,7 +28,7 @@ from energy_rerank.kernels.energy_attention import AttentionBlocks, masked_cross
 from energy_rerank.kernels.energy_readout import energy_readout
 from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, FoldedEnergyHead, fold_energy_head
 from energy_rerank.kernels.fused_linear import LinearBlocks, fused_linear
-from energy_rerank.kernels.triton_support import triton_usable, unsupported_reason
+from energy_rerank.kernels.triton_support import dot_precision, triton_usable, unsupported_reason
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class TritonScorer:
         autotune: bool = True,  # search block sizes on the GPU (first call per shape)
         blocks: TritonBlocks | None = None,
         fold_ln_min_k: int = FOLD_LN_MIN_K,  # inputs this wide get their LN folded (tests lower it)
+        fp32_precision: str = "tf32x3",  # fp32 dots: tf32x3 (about fp32), tf32 (fastest) or ieee
     ) -> None:
         device = next(model.parameters()).device
         if not triton_usable(device):
@@ -64,6 +65,8 @@ class TritonScorer:
         dtype = dtype or model.compute_dtype
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the Triton backend computes in float32 or bfloat16, got {dtype}")
+        dot_precision(torch.float32, fp32_precision)  # names a bad value now, not at the first call
+        self.fp32_precision = fp32_precision
         self.model = model.eval()
         self.head: FoldedEnergyHead = fold_energy_head(model, dtype, fold_ln_min_k)
         self.device = device
@@ -72,7 +75,9 @@ class TritonScorer:
         self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def _linear(self, layer, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
-        return fused_linear(layer, x, steps=steps, blocks=self.blocks.linear, autotune=self.autotune)
+        return fused_linear(
+            layer, x, steps=steps, blocks=self.blocks.linear, autotune=self.autotune, fp32_precision=self.fp32_precision
+        )
 
     @torch.inference_mode()
     def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -115,7 +120,7 @@ class TritonScorer:
 
         if main is not None:
             main.wait_stream(self.side_stream)
-        z = masked_cross_attention(q, kv, valid, f.heads, self.blocks.attention)  # [B*N*H, hid]
+        z = masked_cross_attention(q, kv, valid, f.heads, self.blocks.attention, self.fp32_precision)  # [B*N*H, hid]
 
         z = self._linear(f.out_proj, z)
         for layer in f.head:

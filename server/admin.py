@@ -54,6 +54,8 @@ class EnergyHeadSwapper:
                 new = await asyncio.get_running_loop().run_in_executor(
                     None, with_energy_head, old, path, self.config
                 )
+                # One request only: capturing every CUDA-graph bucket here would hold the inference thread
+                # for seconds; the rest are captured on first use.
                 await self.servicer.batcher.call(warm_up, new)  # between batches, like a request
             except Exception:
                 self.metrics.reloads.labels(result="error").inc()

@@ -16,7 +16,7 @@ log = logging.getLogger("energy_rerank.server")
 
 async def serve(config: ServerConfig) -> None:
     reranker = load_reranker(config)
-    warm_up(reranker)
+    warm_up(reranker, config.batch.max_batch)
     server = RerankServer(config, reranker)
     # Handlers before "listening" is printed: whoever reads that line may signal at once.
     stop = asyncio.Event()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +12,14 @@ import numpy as np
 from energy_rerank.candidates import CandidateSampler
 from energy_rerank.checkpoint import CONFIG_FILE, WEIGHTS_FILE, BundleError
 from energy_rerank.energy import EnergyModel
+from energy_rerank.kernels.cuda_graphs import GraphedScorer
 from energy_rerank.kernels.scorer import make_scorer
 from energy_rerank.policy.base import Observation, PolicyDescription
 from energy_rerank.policy.loading import load_policy
 from energy_rerank.reranker import Reranker, SelectParams
 from energy_rerank.server.config import ServerConfig
+
+log = logging.getLogger(__name__)
 
 FULL_HASH_LIMIT = 256 * 2**20  # weights files up to this size are hashed in full for the version
 
@@ -63,9 +68,13 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
     )
 
 
-def warm_up(reranker: Reranker) -> None:
+def warm_up(reranker: Reranker, max_batch: int = 1) -> None:
     """One blank request through every stage, so the first robot is not the one paying for lazy
-    initialisation (allocator, kernels, autotuning)."""
+    initialisation (allocator, kernels, autotuning).
+
+    With CUDA graphs, every (B, N) bucket up to max_batch x max_candidates is captured here too:
+    a bucket first met by a request would stall it for the capture and autotuning (seconds).
+    """
     d = reranker.proposer.description
     h, w = d.image_size or (32, 32)
     obs = Observation(
@@ -74,6 +83,17 @@ def warm_up(reranker: Reranker) -> None:
         lowdim=np.zeros(d.lowdim_dim, np.float32) if d.lowdim_dim else None,
     )
     reranker.select([obs], [SelectParams(num_candidates=min(8, reranker.max_candidates), seed=0)])
+    graphed = getattr(reranker.scorer, "impl", None)
+    if not isinstance(graphed, GraphedScorer):
+        return
+    t0 = time.perf_counter()
+    batches = [b for b in graphed.b_buckets if b <= max_batch]
+    sizes = [n for n in graphed.n_buckets if n <= reranker.max_candidates]
+    for b in batches:
+        for n in sizes:
+            reranker.select([obs] * b, [SelectParams(num_candidates=n, seed=0)] * b)
+    log.info("captured %d CUDA graphs (B %s x N %s) in %.1f s", len(graphed.graphs), batches, sizes,
+             time.perf_counter() - t0)  # fmt: skip
 
 
 def check_compatible(

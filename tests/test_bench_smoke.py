@@ -43,3 +43,16 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
     for png in ("latency_vs_n.png", "throughput_vs_concurrency.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "provider" in proc.stdout and "batching" in proc.stdout  # the one-screen table
+
+
+def test_bench_grid_flags_and_bad_shapes(tmp_path: Path) -> None:
+    """--bn / --sd / --dtypes narrow the scoring grid; a malformed shape is named, nothing runs."""
+    out = tmp_path / "out"
+    base = [sys.executable, str(ROOT / "bench" / "latency.py"), "--quick", "--parts", "score", "--out", str(out)]
+    bad = subprocess.run([*base, "--bn", "8y64"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "expected two integers like 8x64, got '8y64'" in bad.stderr
+    cmd = [*base, "--bn", "2x3", "--sd", "5x24", "--providers", "torch", "--calls", "2", "--warmup", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["B"], r["N"], r["S"], r["D"], r["dtype"]) for r in records] == [(2, 3, 5, 24, "fp32")]
