@@ -7,6 +7,7 @@ from pathlib import Path
 
 import energy_rerank
 from energy_rerank.candidates import MAX_CANDIDATES
+from energy_rerank.kernels.triton_support import FP32_PRECISIONS
 from energy_rerank.server.batcher import BatchConfig
 
 # The embedded default served by a bare `energy-rerank serve`: the tiny reference policy and an
@@ -23,6 +24,9 @@ class ServerConfig:
     device: str = "cpu"  # torch device for both models, e.g. "cuda:0"
     backend: str = "auto"  # scorer: auto (triton on CUDA, else torch) | torch | triton | onnxruntime
     onnx_path: Path | None = None  # exported energy head for backend onnxruntime (`energy-rerank export`)
+    # triton, fp32 heads: tl.dot precision; tf32x3 matches torch fp32 (~1e-7), tf32 is ~1.7x faster
+    # on an H100 at ~1e-2 element-wise error (BENCHMARKS.md), ieee skips the tensor cores
+    fp32_precision: str = "tf32x3"
     address: str = "127.0.0.1:50051"  # host:port to bind; loopback unless exposed on purpose
     batch: BatchConfig = field(default_factory=BatchConfig)  # dynamic batching knobs
     max_candidates: int = 1024  # largest N a request may ask for (bounds memory per request)
@@ -42,6 +46,8 @@ class ServerConfig:
             raise ValueError(
                 f"default_candidates={self.default_candidates} must be in [1, max_candidates={self.max_candidates}]"
             )
+        if self.fp32_precision not in FP32_PRECISIONS:
+            raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {self.fp32_precision!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.auth_token is not None and not self.auth_token.strip():

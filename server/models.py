@@ -40,7 +40,12 @@ def load_reranker(config: ServerConfig) -> Reranker:
     )
     return Reranker(
         proposer,
-        make_scorer(energy, config.backend, onnx_path=str(config.onnx_path) if config.onnx_path else None),
+        make_scorer(
+            energy,
+            config.backend,
+            onnx_path=str(config.onnx_path) if config.onnx_path else None,
+            fp32_precision=config.fp32_precision,
+        ),
         CandidateSampler.for_policy(proposer),
         model_version=version,
         max_candidates=config.max_candidates,
@@ -60,7 +65,7 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
     policy_part = current.model_version.rsplit("+energy@", 1)[0]
     return Reranker(
         current.proposer,
-        make_scorer(energy, config.backend),
+        make_scorer(energy, config.backend, fp32_precision=config.fp32_precision),
         current.sampler,
         stats=current.stats,
         model_version=f"{policy_part}+energy@{bundle_digest(path)}",
