@@ -20,6 +20,23 @@ from energy_rerank.training.config import preset
 from energy_rerank.training.losses import LossConfig, NegativesConfig
 from energy_rerank.training.synthetic_pipeline import SyntheticPipelineConfig, run_synthetic_pipeline
 
+LOSSES = {
+    "mixed": LossConfig(
+        listwise_weight=1.0,
+        listwise_temperature=0.01,
+        negatives=NegativesConfig(noise_sigmas=(0.05, 0.1, 0.3), sampler_candidates=16),
+    ),
+    # Ranking among what the server will actually rank, against the true L1 (measured: share -0.76
+    # instead of -1.31 at 2000 steps; scripts/rerank_diagnostics.py).
+    "listwise": LossConfig(
+        inbatch_weight=0.1,
+        negatives_weight=0.1,
+        listwise_weight=1.0,
+        listwise_temperature=0.02,
+        negatives=NegativesConfig(noise_sigmas=(), shuffled=0, other_samples=0, sampler_candidates=48),
+    ),
+}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,6 +47,9 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=64, help="N for the rerank evaluation")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.02, 0.05, 0.1], help="sampler noise sigmas")
     ap.add_argument("--gripper-mode", default="flip", choices=("keep", "flip", "vote"), help="sampler gripper mode")
+    ap.add_argument("--loss", default="mixed", choices=tuple(LOSSES),
+                    help="mixed: InfoNCE + listwise over 16 sampler candidates; listwise: mostly listwise over 48 "
+                         "sampler candidates + layer chunks (default: %(default)s)")  # fmt: skip
     args = ap.parse_args()
     sampler = SamplerConfig(sigmas=tuple(args.sigmas), gripper_mode=args.gripper_mode)
     energy = preset("tiny-reference")
@@ -37,11 +57,7 @@ def main() -> None:
         steps=args.energy_steps,
         eval_every=max(1, args.energy_steps),
         sampler=sampler,
-        loss=LossConfig(
-            listwise_weight=1.0,
-            listwise_temperature=0.01,
-            negatives=NegativesConfig(noise_sigmas=(0.05, 0.1, 0.3), sampler_candidates=16),
-        ),
+        loss=LOSSES[args.loss],
         data=dataclasses.replace(energy.data, batch_size=32),
     )
     cfg = SyntheticPipelineConfig(
