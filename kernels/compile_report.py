@@ -68,7 +68,7 @@ def variants(all_configs: bool):
         "plain (out_proj)": dict(HAS_LN=False, LN_FOLDED=False, RELU=False, RESIDUAL=False, HAS_TABLE=False),
     }
     for dt, dot in (("bf16", tl.bfloat16), ("fp32", tl.float32)):
-        types = {n: "*fp32" for n in ("bias_ptr", "table_ptr", "ln_w_ptr", "ln_b_ptr", "colsum_ptr")}
+        types = {n: "*fp32" for n in ("bias_ptr", "table_ptr", "ln_w_ptr", "ln_b_ptr", "colsum_ptr", "stats_ptr")}
         types |= {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "y_ptr": f"*{dt}", "eps": "fp32"}
         types |= {n: "i32" for n in ("M", "K", "NOUT", "STEPS", "M_BUCKET", "stride_xm", "stride_ym")}
         for mode, flags in modes.items():

@@ -4,13 +4,15 @@ y = relu?(LN?(x) @ W + bias [+ table[row % steps]]) [+ x]          x [M, K], W [
 
 covers MLPResNet's first layer (LN, linear, ReLU), its residual blocks (LN, linear, ReLU, + x),
 the folded keys/values and queries projections (LN, linear, per-step bias table) and out_proj.
-The LayerNorm statistics are merged chunk by chunk (Chan's parallel update, as stable as two
-passes). For the 512-wide layers a first loop over K gathers them, then the matmul loop
-normalises each x tile as it loads it, so normalised activations never reach global memory. For
-the context's D_h = 4096-wide input the LN is folded into the weight instead (see
-FoldedLinear.colsum): the statistics are gathered in the matmul loop itself, so the largest
-input is read once per program rather than twice. All arithmetic is fp32; tl.dot takes
-bf16 operands for bf16 weights and tf32 for fp32 weights, accumulating in fp32.
+By default every LayerNorm is folded into its weight (FoldedLinear.colsum): the K loop is a bare
+product of the raw x tiles, and the epilogue applies y = rstd * (acc - mean * colsum) + bias with
+each row's (mean, rstd) from a separate `row_stats` pass. On the H100 the earlier forms, which
+did LayerNorm work on every x tile inside the K loop (statistics merged per tile, or each tile
+normalised before the dot), ran the LN'd layers 2-3x slower than the same product without a
+LayerNorm (bench/profile_kernels.py). The unfolded prologue (HAS_LN: a first loop gathers the
+statistics, the second normalises each tile as it loads) remains for layers narrower than
+`fold_ln_min_k`. All arithmetic is fp32; tl.dot takes bf16 operands for bf16 weights and
+tf32x3 / tf32 / ieee for fp32 weights (`fp32_precision`), accumulating in fp32.
 
 Why not one kernel for a whole MLP: a 512-wide LayerNorm'd row chain needs the full [rows, 512]
 activation per program to feed the next tl.dot, which Triton cannot slice out of registers; at
@@ -31,6 +33,7 @@ import triton
 import triton.language as tl
 
 from energy_rerank.kernels.folded_weights import FoldedLinear
+from energy_rerank.kernels.row_stats import row_stats
 from energy_rerank.kernels.triton_support import dot_dtype, dot_precision, interpreting
 
 
@@ -98,6 +101,7 @@ def _fused_linear_kernel(
     ln_w_ptr,  # [K] fp32 (read only when HAS_LN)
     ln_b_ptr,  # [K] fp32
     colsum_ptr,  # [NOUT] fp32 (read only when LN_FOLDED)
+    stats_ptr,  # [M, 2] fp32 row mean, rstd of x (read only when LN_FOLDED; row_stats.py)
     y_ptr,  # [M, NOUT] compute dtype, row stride stride_ym
     M,
     K,
@@ -108,7 +112,7 @@ def _fused_linear_kernel(
     stride_ym,
     eps,
     HAS_LN: tl.constexpr,  # normalise each x tile as it loads (statistics from a first pass)
-    LN_FOLDED: tl.constexpr,  # LN folded into W: statistics gathered in the matmul loop itself
+    LN_FOLDED: tl.constexpr,  # LN folded into W and the epilogue: statistics from stats_ptr
     RELU: tl.constexpr,
     RESIDUAL: tl.constexpr,
     HAS_TABLE: tl.constexpr,
@@ -142,8 +146,6 @@ def _fused_linear_kernel(
         kk = k0 + offs_k
         k_ok = kk < K
         x = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if LN_FOLDED:
-            mean, m2 = _merge_moments(mean, m2, x.to(tl.float32), k_ok, k0, K, BLOCK_K)
         if HAS_LN:
             g = tl.load(ln_w_ptr + kk, mask=k_ok, other=0.0)
             b = tl.load(ln_b_ptr + kk, mask=k_ok, other=0.0)
@@ -154,7 +156,8 @@ def _fused_linear_kernel(
         acc = tl.dot(x.to(w_ptr.dtype.element_ty).to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=PRECISION)
 
     if LN_FOLDED:
-        rstd = 1.0 / tl.sqrt(m2 / K + eps)
+        mean = tl.load(stats_ptr + rows * 2, mask=row_ok, other=0.0)
+        rstd = tl.load(stats_ptr + rows * 2 + 1, mask=row_ok, other=0.0)
         colsum = tl.load(colsum_ptr + cols, mask=col_ok, other=0.0)
         acc = (acc - mean[:, None] * colsum[None, :]) * rstd[:, None]
     acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
@@ -208,6 +211,7 @@ def fused_linear(
     m = x.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=layer.weight.dtype)
     has_ln = layer.ln_weight is not None
+    stats = row_stats(x, layer.ln_eps) if layer.ln_folded else layer.bias  # [M, 2] mean, rstd
     args = (
         x,
         layer.weight,
@@ -216,6 +220,7 @@ def fused_linear(
         layer.ln_weight if has_ln else layer.bias,
         layer.ln_bias if has_ln else layer.bias,
         layer.colsum if layer.ln_folded else layer.bias,
+        stats,
         y,
         m,
         k,

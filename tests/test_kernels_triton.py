@@ -151,30 +151,38 @@ def test_triton_bf16_inputs_and_model(k):
     assert max_rel_err(out, ref) <= BF16_TOL
 
 
-def test_layernorm_folded_into_weights(k):
-    """The wide-input path (context D_h >= 1024 on real models), forced on at tiny sizes."""
+@pytest.mark.parametrize("fold_ln_min_k", [1, 32, 10**6])
+def test_layernorm_folded_or_not(k, fold_ln_min_k):
+    """Every LN folded (default), only the wide context input (32), or none: same energies."""
     model = make_model("softplus")
     inputs = make_inputs(2, 3, 4, 27, "random", seed=11)
-    hidden = inputs[0] * 3 + 4  # a large common offset: the path must not cancel it away badly
+    hidden = inputs[0] * 3 + 4  # a large common offset: the folded path must not cancel it away badly
     ref = reference(model, hidden, *inputs[1:])
-    scorer = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), fold_ln_min_k=32)
-    assert scorer.head.context[0].ln_folded and not scorer.head.context[1].ln_folded
+    scorer = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), fold_ln_min_k=fold_ln_min_k)
+    f = scorer.head
+    folded = [layer.ln_folded for layer in (*f.context, *f.actions, *f.head)]
+    assert folded == [True] * len(folded) if fold_ln_min_k == 1 else folded[0] == (fold_ln_min_k <= 40)
     assert max_rel_err(scorer.score(hidden, *inputs[1:]), ref) <= FP32_TOL
 
 
 def test_fused_linear_every_epilogue(k):
     """Each fused-linear variant against the torch form of the same folded layer."""
     model = make_model("softplus")
-    head = k.folded_weights.fold_energy_head(model, fold_ln_min_k=40)
+    folded = k.folded_weights.fold_energy_head(model)  # every LN folded (the default)
+    prologue = k.folded_weights.fold_energy_head(model, fold_ln_min_k=10**6)  # LN applied tile by tile
     blocks = k.fused_linear.LinearBlocks(block_m=16, block_n=32, block_k=16)
     g = torch.Generator().manual_seed(5)
     cases = [
-        (head.context[0], torch.randn(37, 40, generator=g) + 3, 1),  # folded LN, ReLU
-        (head.context[1], torch.randn(37, 64, generator=g), 1),  # LN, ReLU, residual
-        (head.actions[-1], torch.randn(30, 64, generator=g), 6),  # LN, per-step table
-        (head.out_proj, torch.randn(30, 64, generator=g), 1),  # plain linear
-        (head.actions[0], torch.randn(30, 9, generator=g)[:, 1:8], 1),  # strided column slice, K = 7
+        (folded.context[0], torch.randn(37, 40, generator=g) + 3, 1),  # folded LN, ReLU, large offset
+        (folded.context[1], torch.randn(37, 64, generator=g), 1),  # folded LN, ReLU, residual
+        (prologue.context[1], torch.randn(37, 64, generator=g), 1),  # LN prologue, ReLU, residual
+        (folded.actions[-1], torch.randn(30, 64, generator=g), 6),  # folded LN, per-step table
+        (prologue.actions[-1], torch.randn(30, 64, generator=g), 6),  # LN prologue, per-step table
+        (folded.out_proj, torch.randn(30, 64, generator=g), 1),  # plain linear
+        (folded.actions[0], torch.randn(30, 9, generator=g)[:, 1:8], 1),  # strided column slice, K = 7
+        (prologue.actions[0], torch.randn(30, 9, generator=g)[:, 1:8], 1),
     ]
+    assert [c[0].ln_folded for c in cases] == [True, True, False, True, False, False, True, False]
     for layer, x, steps in cases:
         x = x.to(DEVICE)
         y = k.fused_linear.fused_linear(layer, x, steps=steps, blocks=blocks)
@@ -227,3 +235,17 @@ def test_make_scorer_triton_backend_default_blocks(k):
     out = scorer.score(*inputs)
     assert max_rel_err(out, ref) <= FP32_TOL
     assert_same_argmin(out, ref, FP32_TOL)
+
+
+@pytest.mark.parametrize("m,kdim,offset", [(1, 7, 0.0), (37, 40, 3.0), (19, 300, 100.0)])
+def test_row_stats_matches_layer_norm_statistics(k, m, kdim, offset):
+    """mean and 1/sqrt(var + eps) per row, K not a multiple of the chunk, a large common offset."""
+    from energy_rerank.kernels.row_stats import row_stats
+
+    g = torch.Generator().manual_seed(m)
+    x = (torch.randn(m, kdim, generator=g) * 0.5 + offset).to(DEVICE)
+    stats = row_stats(x, eps=1e-5, block_k=16)
+    ref_mean = x.double().mean(1)
+    ref_rstd = 1 / torch.sqrt(x.double().var(1, unbiased=False) + 1e-5)
+    torch.testing.assert_close(stats[:, 0].double(), ref_mean, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(stats[:, 1].double(), ref_rstd, rtol=1e-4, atol=0)
