@@ -63,8 +63,9 @@ def variants(all_configs: bool):
     configs = fused_linear.AUTOTUNE_CONFIGS if all_configs else fused_linear.AUTOTUNE_CONFIGS[:1]
     modes = {
         "ln folded (context fc1)": dict(HAS_LN=False, LN_FOLDED=True, RELU=True, RESIDUAL=False, HAS_TABLE=False),
-        "ln + residual (blocks)": dict(HAS_LN=True, LN_FOLDED=False, RELU=True, RESIDUAL=True, HAS_TABLE=False),
-        "ln + table (queries)": dict(HAS_LN=True, LN_FOLDED=False, RELU=False, RESIDUAL=False, HAS_TABLE=True),
+        "ln folded + residual (blocks)": dict(HAS_LN=False, LN_FOLDED=True, RELU=True, RESIDUAL=True, HAS_TABLE=False),
+        "ln folded + table (queries)": dict(HAS_LN=False, LN_FOLDED=True, RELU=False, RESIDUAL=False, HAS_TABLE=True),
+        "ln prologue + residual": dict(HAS_LN=True, LN_FOLDED=False, RELU=True, RESIDUAL=True, HAS_TABLE=False),
         "plain (out_proj)": dict(HAS_LN=False, LN_FOLDED=False, RELU=False, RESIDUAL=False, HAS_TABLE=False),
     }
     for dt, dot in (("bf16", tl.bfloat16), ("fp32", tl.float32)):
