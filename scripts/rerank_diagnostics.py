@@ -8,7 +8,10 @@ N candidates and for each sampler setting:
 - base / chosen / oracle chunk L1, split into motion dims and the gripper dim;
 - the mean within-window Spearman correlation of energy and true L1;
 - a proximity prior: choose argmin E(c) + lam * mean|c - base| for a sweep of lam, with the share
-  of the oracle gain recovered (lam is meant to be picked on val and read on test).
+  of the oracle gain recovered (lam is meant to be picked on val and read on test);
+- an energy-weighted mean of the candidates (softmax(-E / T) weights, the gripper kept from the
+  base chunk), as sampling-based MPC would average them: if the head knew anything the policy
+  does not, some T would land closer to the expert than the base chunk.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from energy_rerank.training.energy_trainer import BUNDLE_DIR
 from energy_rerank.training.policy_data import PolicyWindows
 
 LAMBDAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
+TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0, float("inf"))
 
 
 @torch.no_grad()
 def collect(policy, model, sampler, windows, n: int) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("energy", "err", "motion", "grip", "dist")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("energy", "err", "motion", "grip", "dist", "mean_err")}
     for start in range(0, len(windows), 64):
         ids = torch.arange(start, min(len(windows), start + 64))
         inputs, expert = windows.gather(ids)
@@ -43,6 +47,14 @@ def collect(policy, model, sampler, windows, n: int) -> dict[str, torch.Tensor]:
         out["motion"].append(diff[..., motion].mean((2, 3)))
         out["grip"].append(diff[..., GRIPPER_DIM].mean(2))
         out["dist"].append((cands - cands[:, :1]).abs().mean((2, 3)))
+        energies = out["energy"][-1]
+        means = []
+        for t in TEMPERATURES:
+            w = torch.softmax(-energies / t, 1) if t != float("inf") else torch.full_like(energies, 1 / n)
+            avg = (w[..., None, None] * cands).sum(1)  # [B, H, A]
+            avg[..., GRIPPER_DIM] = cands[:, 0, :, GRIPPER_DIM]  # binary: the base chunk's
+            means.append((avg - expert).abs().mean((1, 2)))
+        out["mean_err"].append(torch.stack(means, 1))  # [B, len(TEMPERATURES)]
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -83,6 +95,11 @@ def main() -> None:
                 chosen = at("err", (r["energy"] + lam * r["dist"]).argmin(1, keepdim=True))
                 row.append(f"lam {lam:g}: {chosen:.4f} ({(base - chosen) / (base - oracle):+.3f})")
             print("    prior sweep, L1 (share of oracle gain): " + ", ".join(row))
+            row = []
+            for j, t in enumerate(TEMPERATURES):
+                chosen = float(r["mean_err"][:, j].mean())
+                row.append(f"T {t:g}: {chosen:.4f} ({(base - chosen) / (base - oracle):+.3f})")
+            print("    energy-weighted mean, L1 (share): " + ", ".join(row))
 
 
 if __name__ == "__main__":
