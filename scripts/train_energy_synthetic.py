@@ -42,6 +42,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="work directory (policy, features, energy head)")
     ap.add_argument("--episodes", type=int, default=60, help="training episodes (BC and feature cache)")
+    ap.add_argument("--energy-episodes", type=int, default=None,
+                    help="episodes for the head's feature cache (default: the policy's --episodes; the first "
+                         "--episodes of them are the policy's own)")  # fmt: skip
     ap.add_argument("--bc-steps", type=int, default=300, help="behaviour-cloning steps of the policy")
     ap.add_argument("--energy-steps", type=int, default=500, help="energy head steps")
     ap.add_argument("--candidates", type=int, default=64, help="N for the rerank evaluation")
@@ -62,6 +65,7 @@ def main() -> None:
     )
     cfg = SyntheticPipelineConfig(
         train_episodes=args.episodes,
+        energy_episodes=args.energy_episodes,
         bc=BCConfig(steps=args.bc_steps, batch_size=64, eval_every=args.bc_steps),
         energy=energy,
         sampler=sampler,

@@ -4,7 +4,9 @@ Asserted: every stage runs and hands the next what it needs (cache from the froz
 head that beats chance on held-out windows, a bundle the server loads), and the rerank numbers
 are measured and printed. The issue's bar, reranked L1 below the base chunk's with a positive
 share of the oracle gain, is NOT met by the current head (measured: share < 0 at every setting
-tried, see the notes), so that assertion is an xfail that turns into a failure the day it passes.
+tried: listwise losses, 2000 steps, 10x the policy's data for the head, a proximity prior, an
+energy-weighted mean; scripts/rerank_diagnostics.py), so that assertion is an xfail that turns
+into a failure the day it passes.
 """
 
 from __future__ import annotations

@@ -33,7 +33,10 @@ class SyntheticPipelineConfig:
     """Sizes of the end-to-end run (defaults: about a minute on a loaded 2-core CPU)."""
 
     task: SyntheticConfig = field(default_factory=SyntheticConfig)  # the synthetic task
-    train_episodes: int = 60  # episodes for BC and the feature cache
+    train_episodes: int = 60  # episodes for BC (and the feature cache unless energy_episodes is set)
+    # Episodes the head's feature cache is built from (None: the policy's own). More than the
+    # policy saw models a head trained on data the frozen policy never had (extra demonstrations).
+    energy_episodes: int | None = None
     heldout_episodes: int = 12  # episodes (another seed) for the rerank evaluation
     bc: BCConfig = field(default_factory=lambda: BCConfig(steps=300, batch_size=64, eval_every=300))  # policy
     energy: TrainConfig = field(default_factory=lambda: preset("tiny-reference"))  # head training
@@ -53,7 +56,8 @@ def run_synthetic_pipeline(workdir: str | Path, cfg: SyntheticPipelineConfig) ->
     bc = train_bc(policy, train, held, cfg.bc, out=workdir / "policy", progress=False)
     policy.eval()
     t1 = time.perf_counter()
-    cache_dir = cache_policy_features(policy, train, workdir / "features")
+    head_data = train if cfg.energy_episodes is None else task.windows(task.episodes(cfg.energy_episodes, seed=1))
+    cache_dir = cache_policy_features(policy, head_data, workdir / "features")
     t2 = time.perf_counter()
     energy_cfg = cfg.energy.replace(data=dataclasses.replace(cfg.energy.data, cache_dir=str(cache_dir)))
     trainer = EnergyTrainer(energy_cfg, workdir / "energy", features=FeatureCache(cache_dir), stats=policy.stats)
