@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from energy_rerank.kernels.folded_weights import FoldedLinear
-from energy_rerank.kernels.row_stats import row_stats
+from energy_rerank.kernels.row_stats import merge_moments, row_stats
 from energy_rerank.kernels.triton_support import dot_dtype, dot_precision, interpreting
 
 
@@ -75,21 +75,6 @@ AUTOTUNE_CONFIGS = [
         (128, 256, 64, 8, 3),  # H100 sweep: best for every 512-wide layer at B*N*H = 16384 rows
     ]
 ]
-
-
-@triton.jit
-def _merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K: tl.constexpr):
-    """Chan et al.'s merge of a chunk's (mean, M2) into the running ones: one pass, and no
-    E[x^2] - E[x]^2 cancellation (VLA hidden states carry large per-channel offsets)."""
-    nb = tl.minimum(K - k0, BLOCK_K).to(tl.float32)
-    seen = k0 * 1.0
-    c_mean = tl.sum(x, axis=1) / nb
-    d = tl.where(k_ok[None, :], x - c_mean[:, None], 0.0)
-    delta = c_mean - mean
-    total = seen + nb
-    mean += delta * (nb / total)
-    m2 += tl.sum(d * d, axis=1) + delta * delta * (seen * nb / total)
-    return mean, m2
 
 
 @triton.jit
@@ -138,7 +123,7 @@ def _fused_linear_kernel(
             kk = k0 + offs_k
             k_ok = kk < K
             x = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-            mean, m2 = _merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K)
+            mean, m2 = merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K)
     rstd = 1.0 / tl.sqrt(m2 / K + eps)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)

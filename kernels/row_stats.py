@@ -22,6 +22,21 @@ import triton.language as tl
 
 
 @triton.jit
+def merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K: tl.constexpr):
+    """Chan et al.'s merge of a [rows, BLOCK_K] chunk's (mean, M2) into the running ones (chunk
+    k0 of K columns; x is 0 where not k_ok). Also the fused-linear LN prologue's statistics."""
+    nb = tl.minimum(K - k0, BLOCK_K).to(tl.float32)
+    seen = k0 * 1.0
+    c_mean = tl.sum(x, axis=1) / nb
+    d = tl.where(k_ok[None, :], x - c_mean[:, None], 0.0)
+    delta = c_mean - mean
+    total = seen + nb
+    mean += delta * (nb / total)
+    m2 += tl.sum(d * d, axis=1) + delta * delta * (seen * nb / total)
+    return mean, m2
+
+
+@triton.jit
 def _row_stats_kernel(
     x_ptr,  # [M, K] any float dtype, row stride stride_x, unit column stride
     stats_ptr,  # [M, 2] float32 out: mean, rstd
@@ -42,14 +57,7 @@ def _row_stats_kernel(
         kk = k0 + offs_k
         k_ok = kk < K
         x = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        nb = tl.minimum(K - k0, BLOCK_K).to(tl.float32)
-        seen = k0 * 1.0
-        c_mean = tl.sum(x, axis=1) / nb
-        d = tl.where(k_ok[None, :], x - c_mean[:, None], 0.0)
-        delta = c_mean - mean
-        total = seen + nb
-        mean += delta * (nb / total)
-        m2 += tl.sum(d * d, axis=1) + delta * delta * (seen * nb / total)
+        mean, m2 = merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K)
     rstd = 1.0 / tl.sqrt(m2 / K + eps)
     tl.store(stats_ptr + rows * 2, mean, mask=row_ok)
     tl.store(stats_ptr + rows * 2 + 1, rstd, mask=row_ok)
