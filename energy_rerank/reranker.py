@@ -50,7 +50,7 @@ class Selection:
     chunk: np.ndarray  # [H, A] chosen chunk, robot units, clipped to the action bounds
     index: int  # chosen candidate (0 = the policy's base chunk)
     energies: np.ndarray  # [N] float32 energies (empty if scoring failed)
-    candidates: np.ndarray | None  # [N, H, A] robot units, if asked for
+    candidates: np.ndarray | None  # [N, H, A] robot units, if asked for (None if any was non-finite)
     fallback: bool  # True when the base chunk was returned because scoring failed
     fallback_reason: str  # why, when fallback
     timing: dict[str, float]  # seconds: policy, candidates, score, total (per batch)
@@ -109,7 +109,7 @@ class Reranker:
         t3 = time.perf_counter()
         timing = {"policy": t1 - t0, "candidates": t2 - t1, "score": t3 - t2}
         out = [
-            self._finish(i, p, proposals, candidates, None, "policy produced non-finite layer chunks", timing)
+            self._finish(i, p, proposals, candidates, None, "policy produced non-finite layer chunks", timing, False)
             if broken[i]
             else self._finish(i, p, proposals, candidates, energies, reason, timing)
             for i, p in enumerate(params)
@@ -138,6 +138,7 @@ class Reranker:
         energies: torch.Tensor | None,
         reason: str,
         timing: dict[str, float],
+        candidates_usable: bool = True,  # False: some were built from non-finite policy output
     ) -> Selection:
         n = p.num_candidates
         cand = candidates[i, :n]  # [N, H, A] normalised
@@ -156,11 +157,14 @@ class Reranker:
             chunk = self._to_robot(cand[0])
             if not np.isfinite(chunk).all():
                 raise PolicyFailure("policy produced a non-finite chunk")
+        returned = self._to_robot(cand) if p.return_candidates and candidates_usable else None
+        if returned is not None and not np.isfinite(returned).all():
+            returned = None  # a robot client must never receive NaN actions, even as alternatives
         return Selection(
             chunk=chunk,
             index=index,
             energies=np.zeros(0, np.float32) if e is None else e.numpy().astype(np.float32),
-            candidates=self._to_robot(cand) if p.return_candidates else None,
+            candidates=returned,
             fallback=fallback,
             fallback_reason=reason if fallback else "",
             timing=dict(timing),

@@ -161,7 +161,10 @@ class Batcher(Generic[P, R]):
         while self._queue and len(batch) < self.config.max_batch:
             p = self._queue.popleft()
             if p.future.done():
-                self._count_dropped("cancelled")  # its caller went away (e.g. its own deadline)
+                # Its caller went away. gRPC cancels a call whose client deadline passed: count
+                # that as a deadline, so the metric says why work was dropped.
+                expired = p.deadline is not None and now >= p.deadline
+                self._count_dropped("deadline" if expired else "cancelled")
                 continue
             if p.deadline is not None and now >= p.deadline:
                 p.future.set_exception(

@@ -127,9 +127,10 @@ def test_policy_without_a_usable_chunk_is_an_error_not_a_chunk(healthy, fault):
 
 
 def test_broken_alternatives_fall_back_to_the_finite_base(healthy):
-    out = with_policy(healthy, "inf-layers").select(OBS, PARAMS)
+    out = with_policy(healthy, "inf-layers").select(OBS, [replace(p, return_candidates=True) for p in PARAMS])
     for s in out:
         assert_safe(healthy, s.chunk)
+        assert s.candidates is None  # alternatives built from Inf chunks are not handed to a robot
         if s.index != 0:
             pytest.fail(f"a candidate built from an Inf layer chunk was chosen: {s}")
         assert s.fallback and s.fallback_reason

@@ -55,7 +55,8 @@ def images_to_tensor(
                 raise ValueError(
                     f"observation {i}: images[{cam!r}] must be uint8 [h, w, 3], got {arr.dtype} {arr.shape}"
                 )
-            x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().unsqueeze(0)
+            # astype copies: decoded images are often read-only buffers torch must not alias
+            x = torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
             if tuple(arr.shape[:2]) != tuple(size):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
             out[i, j] = x[0] / 127.5 - 1.0
