@@ -23,10 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from energy_rerank.config import EnergyConfig  # noqa: E402
-from energy_rerank.energy import EnergyModel  # noqa: E402
+from energy_rerank.config import EnergyConfig
+from energy_rerank.energy import EnergyModel
 
 S, H, A = 300, 8, 7
 SWEEP_LINEAR = [  # (block_m, block_n, block_k, warps, stages); compiles dominate, so a short list
