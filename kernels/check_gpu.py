@@ -2,7 +2,8 @@
 
     python -m energy_rerank.kernels.check_gpu [--out DIR] [--calls 200] [--skip-tests]
 
-1. runs tests/test_kernels_*.py compiled on the GPU (TRITON_INTERPRET removed from the env);
+1. runs tests/test_kernels_*.py compiled on the GPU (TRITON_INTERPRET removed from the env), and
+   every test file holding a GPU-only test;
 2. measures the two ceilings (device-to-device copy; bf16 and tf32 matrix products);
 3. times the seed architecture (D_h 4096, S 300, H 8, A 7, hidden 512, 8 heads) for the triton
    backend (autotuned, CUDA graphs) against the shared-context eager torch scorer, checks the
@@ -43,7 +44,10 @@ CASES = (  # (dtype, B, N, fp32 dot precision)
 
 
 def run_tests(repo: Path) -> int:
-    tests = sorted(str(p) for p in (repo / "tests").glob("test_kernels_*.py"))
+    # The kernel files (they run interpreted on a CPU, compiled here) and every file with a
+    # GPU-only test (skipped everywhere else, so this is where they run at all).
+    files = sorted((repo / "tests").glob("test_*.py"))
+    tests = [str(p) for p in files if p.name.startswith("test_kernels_") or "pytest.mark.gpu" in p.read_text()]
     if not tests:
         print(f"no tests/test_kernels_*.py under {repo}; skipping the test step")
         return 0
