@@ -1,6 +1,8 @@
 """The Triton scorer: one scoring call as a short, fixed sequence of fused launches.
 
-For the seed architecture (1 context block, 1 action block, 2 head blocks) a call is 11 launches:
+For the seed architecture (1 context block, 1 action block, 2 head blocks) a call is 12 fused
+launches, plus one `row_stats` pass before each of the 9 LayerNorm'd linears (LN folded into the
+weight; inside fused_linear), 21 in all:
 
     context  [B*S, D_h]  : LN+fc1+ReLU | block | LN+(fc2 . W_kv)         -> keys|values [B*S, 2*hid]
     actions  [B*N*H, A]  : LN+fc1+ReLU | block | LN+(fc2 . W_q)+PE table -> queries [B*N*H, hid]

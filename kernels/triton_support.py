@@ -55,9 +55,9 @@ FP32_PRECISIONS = ("tf32x3", "tf32", "ieee")
 def dot_precision(storage: torch.dtype, fp32_precision: str = "tf32x3") -> str:
     """tl.dot's input_precision for this storage type.
 
-    For fp32 operands: "tf32x3" (three tf32 tensor-core products: about fp32 accuracy, the
-    default), "tf32" (one product: fastest; energies off by about 2e-3 of their scale, measured
-    on the H100) or "ieee" (no tensor cores). bf16 operands ignore it.
+    For fp32 operands: "tf32x3" (three tf32 tensor-core products: ~3e-7 relative error on the
+    H100, the default), "tf32" (one product: ~1.7x faster, ~1e-2 element-wise error on the H100)
+    or "ieee" (no tensor cores). bf16 operands ignore it.
     """
     if fp32_precision not in FP32_PRECISIONS:
         raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
