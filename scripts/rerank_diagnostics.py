@@ -11,7 +11,11 @@ N candidates and for each sampler setting:
   of the oracle gain recovered (lam is meant to be picked on val and read on test);
 - an energy-weighted mean of the candidates (softmax(-E / T) weights, the gripper kept from the
   base chunk), as sampling-based MPC would average them: if the head knew anything the policy
-  does not, some T would land closer to the expert than the base chunk.
+  does not, some T would land closer to the expert than the base chunk;
+- the head's implied target (descend E from the base chunk, gripper fixed): its L1 to the expert
+  and the cosine between its error and the policy's (near 1 = the head re-learnt the policy);
+- the selection ceiling: the share an ideal scorer whose guess sits at f x the base error would
+  recover, when that error repeats the policy's (shrunk) or is independent of it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from energy_rerank.policy.loading import load_policy
 from energy_rerank.synthetic import GRIPPER_DIM, SyntheticConfig, SyntheticTask
 from energy_rerank.training.energy_trainer import BUNDLE_DIR
 from energy_rerank.training.policy_data import PolicyWindows
+from energy_rerank.training.rerank_eval import ceiling_shares, implied_target
 
 LAMBDAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0)
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0, float("inf"))
@@ -34,13 +39,18 @@ TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0, float("inf"))
 
 @torch.no_grad()
 def collect(policy, model, sampler, windows, n: int) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("energy", "err", "motion", "grip", "dist", "mean_err")}
+    keys = ("energy", "err", "motion", "grip", "dist", "mean_err", "cands", "expert", "implied")
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for start in range(0, len(windows), 64):
         ids = torch.arange(start, min(len(windows), start + 64))
         inputs, expert = windows.gather(ids)
         proposals = policy.propose_inputs(inputs)
         cands = sampler.sample(proposals, n, seeds=[int(i) for i in ids])  # [B, N, H, A]
-        out["energy"].append(model.score(model.encode_context(proposals.context.float(), proposals.valid), cands))
+        ctx = model.encode_context(proposals.context.float(), proposals.valid)
+        out["energy"].append(model.score(ctx, cands))
+        out["implied"].append(implied_target(model, ctx, proposals.base.float(), fixed_dims=(GRIPPER_DIM,)))
+        out["cands"].append(cands)
+        out["expert"].append(expert)
         diff = (cands - expert[:, None]).abs()  # [B, N, H, A]
         motion = [d for d in range(diff.shape[-1]) if d != GRIPPER_DIM]
         out["err"].append(diff.mean((2, 3)))
@@ -100,6 +110,18 @@ def main() -> None:
                 chosen = float(r["mean_err"][:, j].mean())
                 row.append(f"T {t:g}: {chosen:.4f} ({(base - chosen) / (base - oracle):+.3f})")
             print("    energy-weighted mean, L1 (share): " + ", ".join(row))
+            if mode == "flip":  # the implied target does not depend on the sampler
+                base_err, implied_err = r["cands"][:, 0] - r["expert"], r["implied"] - r["expert"]
+                motion = [d for d in range(base_err.shape[-1]) if d != GRIPPER_DIM]
+                cos = torch.nn.functional.cosine_similarity(
+                    base_err[..., motion].flatten(1), implied_err[..., motion].flatten(1), dim=1
+                )
+                print(f"    implied target (argmin of E from the base): L1 {float(implied_err.abs().mean()):.4f}, "
+                      f"cos(its error, the policy's) {float(cos.mean()):.3f}")  # fmt: skip
+            c = ceiling_shares(r["cands"], r["expert"])
+            print("    selection ceiling, share at target error f x base: " + ", ".join(
+                f"f {f:g}: shrunk {a:+.3f} / independent {b:+.3f}"
+                for f, a, b in zip(c["fractions"], c["shrunk"], c["independent"], strict=True)))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ head that beats chance on held-out windows, a bundle the server loads), and the 
 are measured and printed. The issue's bar, reranked L1 below the base chunk's with a positive
 share of the oracle gain, is NOT met by the current head (measured: share < 0 at every setting
 tried: listwise losses, 2000 steps, 10x the policy's data for the head, a proximity prior, an
-energy-weighted mean; scripts/rerank_diagnostics.py), so that assertion is an xfail that turns
+energy-weighted mean; the head's own best chunk is worse than the base and repeats part of
+its mistake: scripts/rerank_diagnostics.py), so that assertion is an xfail that turns
 into a failure the day it passes.
 """
 

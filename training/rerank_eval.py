@@ -7,6 +7,10 @@ units, mean |error| per action element):
   reranked  L1 of the lowest-energy candidate
   oracle    L1 of the candidate closest to the expert (best-of-N with a perfect scorer)
   share     (base - reranked) / (base - oracle): the part of the oracle's gain the head recovers
+
+Two diagnostics of why a head does (not) help, used by scripts/rerank_diagnostics.py:
+  ceiling_shares   the share an ideal scorer of a given quality could recover by selection alone
+  implied_target   the chunk the head itself thinks best (descent on E), to compare with the policy's
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from energy_rerank.candidates import CandidateSampler
-from energy_rerank.energy import EnergyModel
+from energy_rerank.energy import EncodedContext, EnergyModel
 from energy_rerank.policy.reference import ReferenceVLA
 from energy_rerank.training.policy_data import PolicyWindows
 
@@ -73,3 +77,75 @@ def rerank_gain(
         share=(base - rerank) / gain if gain > 0 else float("nan"),
         picked_base=picked / n,
     )
+
+
+def ceiling_shares(
+    cands: torch.Tensor,
+    expert: torch.Tensor,
+    fractions: tuple[float, ...] = (0.9, 0.75, 0.5),
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """What an ideal scorer of a given quality could recover by selection alone.
+
+    A scorer that ranks candidates by L1 distance to its own guess T of the expert chunk picks the
+    candidate nearest T. For each fraction f, T is placed at f x the base chunk's error, either
+    `shrunk` (T = expert + f (base - expert): the scorer repeats the policy's mistake, smaller) or
+    `independent` (an error of the same size per window in a random direction). cands [B, N, H, A]
+    with candidate 0 = base, expert [B, H, A] -> {"fractions", "shrunk", "independent"}: shares of
+    the oracle's best-of-N gain (NaN when the oracle gains nothing).
+    """
+    err = (cands - expert[:, None]).abs().mean(dim=(2, 3))  # [B, N]
+    base_l1, oracle_l1 = err[:, 0].mean(), err.min(1).values.mean()
+    gain = float(base_l1 - oracle_l1)
+    base_err = cands[:, 0] - expert  # [B, H, A]
+    gen = torch.Generator().manual_seed(seed)
+    direction = torch.randn(base_err.shape, generator=gen).to(base_err)
+    direction = (
+        direction / direction.abs().mean((1, 2), keepdim=True) * base_err.abs().mean((1, 2), keepdim=True)
+    )
+
+    def share(target: torch.Tensor) -> float:
+        pick = (cands - target[:, None]).abs().mean(dim=(2, 3)).argmin(1, keepdim=True)  # [B, 1]
+        return float(base_l1 - err.gather(1, pick).mean()) / gain if gain > 0 else float("nan")
+
+    return {
+        "fractions": list(fractions),
+        "shrunk": [share(expert + f * base_err) for f in fractions],
+        "independent": [share(expert + f * direction) for f in fractions],
+    }
+
+
+def implied_target(
+    model: EnergyModel,
+    context: EncodedContext,
+    start: torch.Tensor,
+    fixed_dims: tuple[int, ...] = (),
+    steps: int = 200,
+    lr: float = 0.01,
+) -> torch.Tensor:
+    """The head's own guess of the best chunk: Adam descent on E from start [B, H, A] (dims in
+    fixed_dims, e.g. a binary gripper, stay put) -> [B, H, A]. Weights are not touched."""
+    context = EncodedContext(context.keys.detach(), context.values.detach(), context.valid)
+    chunk = start.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([chunk], lr=lr)
+    free = torch.ones(start.shape[-1], dtype=start.dtype, device=start.device)
+    free[list(fixed_dims)] = 0.0
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                energy = model.score(context, chunk[:, None])  # [B, 1]
+                opt.zero_grad()
+                energy.sum().backward()
+                assert chunk.grad is not None
+                chunk.grad *= free
+                opt.step()
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        model.train(was_training)
+    return chunk.detach()
