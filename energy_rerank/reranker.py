@@ -4,6 +4,10 @@ Robot safety lives here, not in the server: whatever goes wrong in scoring, the 
 finite chunk inside the action bounds. If the scorer raises or returns non-finite energies,
 the policy's base chunk is returned and flagged as a fallback; if even the base chunk is not
 finite, `PolicyFailure` is raised (the server answers with an error rather than a NaN).
+
+The switch margin guards against a head that is confidently wrong: the chosen candidate replaces
+the base chunk only if its energy is lower by more than the margin (0 = plain argmin, inf = always
+the policy's chunk). `energy-rerank eval offline` measures the margin a head needs.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class SelectParams:
     rule: SelectionRule = "argmin"  # argmin of energy, or a draw from softmax(-E / temperature)
     temperature: float = 1.0  # softmax temperature (energy units)
     return_candidates: bool = False  # also return all N candidates in robot units
+    switch_margin: float | None = None  # energy gain needed to leave the base chunk (None = the reranker's)
 
 
 @dataclass
@@ -65,13 +70,16 @@ class Reranker:
         stats: NormStats | None = None,
         model_version: str = "",
         max_candidates: int = 1024,
+        switch_margin: float = 0.0,
     ) -> None:
+        check_switch_margin(switch_margin, "switch_margin")
         self.proposer = proposer
         self.scorer = scorer
         self.sampler = sampler
         self.stats = stats if stats is not None else proposer.stats
         self.model_version = model_version
         self.max_candidates = max_candidates
+        self.switch_margin = switch_margin  # default for requests that leave theirs unset
         if self.stats is not None:
             low, high = self.stats.action_bounds(normalized=False)
         else:
@@ -84,9 +92,13 @@ class Reranker:
             raise ValueError(f"{len(observations)} observations but {len(params)} parameter sets")
         for p in params:
             if not 1 <= p.num_candidates <= self.max_candidates:
-                raise ValueError(f"num_candidates must be in [1, {self.max_candidates}], got {p.num_candidates}")
+                raise ValueError(
+                    f"num_candidates must be in [1, {self.max_candidates}], got {p.num_candidates}"
+                )
             if p.rule == "softmax" and not p.temperature > 0:
                 raise ValueError(f"temperature must be > 0 for softmax selection, got {p.temperature}")
+            if p.switch_margin is not None:
+                check_switch_margin(p.switch_margin, "switch_margin")
         t0 = time.perf_counter()
         try:
             proposals = self.proposer.propose(observations)
@@ -109,7 +121,9 @@ class Reranker:
         t3 = time.perf_counter()
         timing = {"policy": t1 - t0, "candidates": t2 - t1, "score": t3 - t2}
         out = [
-            self._finish(i, p, proposals, candidates, None, "policy produced non-finite layer chunks", timing, False)
+            self._finish(
+                i, p, proposals, candidates, None, "policy produced non-finite layer chunks", timing, False
+            )
             if broken[i]
             else self._finish(i, p, proposals, candidates, energies, reason, timing)
             for i, p in enumerate(params)
@@ -148,7 +162,10 @@ class Reranker:
         if e is None:
             index, fallback = 0, True
         else:
+            margin = self.switch_margin if p.switch_margin is None else p.switch_margin
             index, fallback = self._choose(e, p), False
+            if index != 0 and not float(e[0] - e[index]) > margin:
+                index = 0  # not enough better than the policy's own chunk
         chunk = self._to_robot(cand[index])
         if not np.isfinite(chunk).all():
             if index == 0:
@@ -196,3 +213,9 @@ class Reranker:
         if not normalized and self.stats is not None:
             candidates = self.stats.normalize_actions(candidates.float())
         return self.scorer.score(hidden, valid, candidates).float().cpu()
+
+
+def check_switch_margin(margin: float, name: str) -> None:
+    """A switch margin is >= 0 (inf allowed: never switch); NaN or negative is a caller error."""
+    if not margin >= 0:  # also catches NaN
+        raise ValueError(f"{name} must be >= 0 (inf = always keep the base chunk), got {margin}")

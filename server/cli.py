@@ -65,6 +65,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--default-candidates", type=int, default=d.default_candidates,
                    help="N when a request does not say (default: %(default)s)")  # fmt: skip
+    g.add_argument("--switch-margin", type=float, default=d.switch_margin,
+                   help="energy gain a candidate needs to replace the policy's own chunk when a request does not "
+                        "say; 0 = plain argmin, inf = never rerank (default: %(default)s). `energy-rerank eval "
+                        "offline` reports the margin a head needs")  # fmt: skip
     g = p.add_argument_group("network")
     g.add_argument(
         "--address", default=d.address, help="host:port to bind, port 0 = any free (default: %(default)s)"
@@ -108,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         batch=BatchConfig(args.max_batch, args.max_delay_us, args.queue_limit),
         max_candidates=args.max_candidates,
         default_candidates=args.default_candidates,
+        switch_margin=args.switch_margin,
         max_message_bytes=int(args.max_message_mb * 2**20),
         auth_token=token,
         tls_cert=args.tls_cert,

@@ -131,6 +131,9 @@ def decode_params(p: pb.SelectParams, default_n: int, max_n: int, field: str = "
     temperature = float(p.temperature) or 1.0
     if not (math.isfinite(temperature) and temperature > 0):
         raise InvalidInput(f"{field}.temperature", f"{temperature} must be finite and > 0")
+    margin = float(p.switch_margin) if p.HasField("switch_margin") else None
+    if margin is not None and not margin >= 0:  # NaN fails too
+        raise InvalidInput(f"{field}.switch_margin", f"{margin} must be >= 0 (inf = never switch)")
     return SelectParams(
         num_candidates=n,
         sigma_scale=sigma,
@@ -138,6 +141,7 @@ def decode_params(p: pb.SelectParams, default_n: int, max_n: int, field: str = "
         rule=RULES[p.rule],  # type: ignore[arg-type]
         temperature=temperature,
         return_candidates=bool(p.return_candidates),
+        switch_margin=margin,
     )
 
 
@@ -216,4 +220,5 @@ def encode_model_info(r: Reranker, default_candidates: int, max_batch: int) -> p
         default_candidates=default_candidates,
         scorer_backend=r.scorer.name,
         max_batch=max_batch,
+        switch_margin=r.switch_margin,
     )

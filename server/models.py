@@ -49,6 +49,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
         CandidateSampler.for_policy(proposer),
         model_version=version,
         max_candidates=config.max_candidates,
+        switch_margin=config.switch_margin,
     )
 
 
@@ -70,6 +71,7 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
         stats=current.stats,
         model_version=f"{policy_part}+energy@{bundle_digest(path)}",
         max_candidates=current.max_candidates,
+        switch_margin=current.switch_margin,
     )
 
 

@@ -85,6 +85,41 @@ def test_cli_writes_report_and_plots(windows, tmp_path):
     assert l1["oracle@16"] <= l1["rerank@16"]
     assert len(overall["per_dim_error"]["rerank@16"]) == 7
     assert (out / "error_vs_n.png").stat().st_size > 1000 and (out / "energy_hist.png").stat().st_size > 1000
+    assert "two episodes" in rep["switch_margin"]["error"]  # one demo: nothing to calibrate on
+
+
+class AntiScorer(PerfectScorer):
+    """Prefers the candidates farthest from the recorded chunk: a confidently wrong head."""
+
+    def score(self, hidden, valid, candidates):
+        return -super().score(hidden, valid, candidates)
+
+
+@pytest.mark.parametrize("scorer", ["perfect", "anti"])
+def test_switch_margin_calibration(windows, scorer):
+    """Calibrated on even episodes, reported on odd: a perfect head keeps margin 0 and reaches the
+    oracle; a confidently wrong one gets margin inf and is served as the policy alone."""
+    win, _ = windows
+    policy = _policy(win, with_stats=False)
+    sampler = CandidateSampler.for_policy(policy, SamplerConfig(sigmas=(0.2, 0.5)))
+    head = PerfectScorer() if scorer == "perfect" else AntiScorer()
+    res = evaluate_windows(win, ["t"] * len(win), policy, head, sampler, OfflineConfig(ns=(1, 4, 16)))
+    assert set(res.episode.tolist()) == {0, 1}
+    cal = build_report(res, {}, margin_n=16)["switch_margin"]
+    held = cal["held_out"]
+    odd = res.episode == 1
+    assert held["steps"] == int(odd.sum())
+    assert held["base"] == pytest.approx(res.l1["base"][odd].mean())
+    assert held["rerank@16"] == pytest.approx(res.l1["rerank@16"][odd].mean())
+    assert [r["margin"] for r in cal["sweep"]][0] == 0.0 and cal["sweep"][-1]["margin"] == float("inf")
+    if scorer == "perfect":
+        assert cal["margin"] < float("inf")
+        assert held["margin@16"] == pytest.approx(res.l1["oracle@16"][odd].mean())
+        assert held["switched@16"] > 0.5
+    else:
+        assert held["rerank@16"] > held["base"]  # the unguarded head does harm
+        assert cal["margin"] == float("inf")
+        assert held["margin@16"] == pytest.approx(held["base"]) and held["switched@16"] == 0.0
 
 
 def test_spearman_rows():

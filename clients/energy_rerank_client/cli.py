@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="fix the candidates")
     s.add_argument("--rule", choices=("argmin", "softmax"), default="argmin")
     s.add_argument("--temperature", type=float, default=0.0, help="softmax temperature (0 = 1.0)")
+    s.add_argument("--switch-margin", type=float,
+                   help="energy gain needed to replace the policy's own chunk (default: the server's)")  # fmt: skip
     s.add_argument("--candidates", action="store_true", help="also print all candidates")
     r = sub.add_parser("reload", help="swap the server's energy head without downtime (needs the token)")
     r.add_argument("path", nargs="?", default="",
@@ -90,6 +92,7 @@ def _select(client: RerankClient, args: argparse.Namespace) -> dict:
     r = client.select(
         images, state, lowdim=lowdim, instruction=args.instruction, num_candidates=args.num_candidates,
         seed=args.seed, rule=args.rule, temperature=args.temperature, return_candidates=args.candidates,
+        switch_margin=args.switch_margin,
     )  # fmt: skip
     out = {
         "chunk": r.chunk.tolist(),

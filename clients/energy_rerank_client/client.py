@@ -114,6 +114,7 @@ class ModelInfo:
     default_candidates: int
     scorer_backend: str
     max_batch: int
+    switch_margin: float  # energy gain needed to leave the policy's chunk when a request does not say
     raw: Any = field(repr=False, default=None)  # the ModelInfo message itself
 
 
@@ -139,6 +140,7 @@ def select_request(
     rule: str = "argmin",
     temperature: float = 0.0,
     return_candidates: bool = False,
+    switch_margin: float | None = None,
 ) -> pb.SelectActionRequest:
     if rule not in RULES:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
@@ -149,6 +151,8 @@ def select_request(
         params.sigma_scale = sigma_scale
     if seed is not None:
         params.seed = seed
+    if switch_margin is not None:
+        params.switch_margin = switch_margin
     return pb.SelectActionRequest(
         observation=to_observation(images, state, lowdim, instruction), params=params
     )
@@ -205,6 +209,7 @@ def model_info(m: pb.ModelInfo) -> ModelInfo:
         default_candidates=m.default_candidates,
         scorer_backend=m.scorer_backend,
         max_batch=m.max_batch,
+        switch_margin=m.switch_margin,
         raw=m,
     )
 
@@ -269,7 +274,7 @@ class RerankClient(_Base):
     def select(self, images: Mapping[str, ImageLike] | None = None, state: np.ndarray | None = None,
                *, timeout: float | None = None, **kwargs: Any) -> SelectResult:  # fmt: skip
         """Observation -> chosen chunk. kwargs: lowdim, instruction, num_candidates, sigma_scale,
-        seed, rule ("argmin" | "softmax"), temperature, return_candidates."""
+        seed, rule ("argmin" | "softmax"), temperature, return_candidates, switch_margin."""
         req = select_request(images, state, **kwargs)
         return select_result(self._call(self.stub.SelectAction, req, timeout))
 

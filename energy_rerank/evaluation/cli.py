@@ -21,6 +21,8 @@ def add_parser(subparsers: Any) -> None:
             "head scores them and the recorded chunk. Reports the L1 and per-dim error against the recorded "
             "chunk of the base chunk, rerank@N (lowest energy), oracle@N (best of N) and random@N, the "
             "energy-vs-error Spearman correlation, and the recorded chunk's energy rank; overall and per task. "
+            "Also calibrates the server's --switch-margin (keep the policy's chunk unless a candidate's energy "
+            "is lower by more than it) on even episodes at N = --margin-n and reports it on odd ones. "
             "Writes report.json, error_vs_n.png and energy_hist.png to --out."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -42,6 +44,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--sigmas", default="0.1,0.3,0.5", help="sampler noise sigma schedule (normalised units)")
     p.add_argument(
         "--gripper-mode", default="keep", choices=("keep", "flip", "vote"), help="noise candidates' gripper"
+    )
+    p.add_argument(
+        "--margin-n", type=int, help="N at which the switch margin is calibrated, one of --ns (default: 64 if "
+        "listed, else the largest)"
     )
     p.set_defaults(func=_offline)
     add_libero_parser(sub)  # closed loop through the server (issue 9), below
@@ -79,6 +85,9 @@ def _offline(args: argparse.Namespace) -> int:
     cfg = OfflineConfig(
         ns=_ints(args.ns, "--ns"), batch=args.batch, seed=args.seed, sigma_scale=args.sigma_scale
     )
+    margin_n = args.margin_n if args.margin_n is not None else (64 if 64 in cfg.ns else max(cfg.ns))
+    if margin_n not in cfg.ns:
+        raise SystemExit(f"--margin-n {margin_n} must be one of --ns {list(cfg.ns)}")
     t0 = time.perf_counter()
     res = evaluate_windows(windows, tasks, policy, TorchScorer(model), sampler, cfg)
     meta = {
@@ -95,7 +104,7 @@ def _offline(args: argparse.Namespace) -> int:
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    report = build_report(res, meta)
+    report = build_report(res, meta, margin_n=margin_n)
     paths = write_report(report, res, args.out)
     o = report["overall"]
     line = {k: round(v["mean"], 4) for k, v in o["l1"].items() if not k.startswith("random")}
@@ -105,6 +114,9 @@ def _offline(args: argparse.Namespace) -> int:
                 "steps": o["steps"],
                 "l1": line,
                 "spearman": round(float(np.nan_to_num(o["spearman_energy_vs_error"]["mean"])), 3),
+                "switch_margin": {
+                    k: report["switch_margin"][k] for k in ("margin", "held_out", "error") if k in report["switch_margin"]
+                },
                 "written": [str(p) for p in paths],
             },
             indent=1,

@@ -52,7 +52,9 @@ class StepResults:
     expert_rank: np.ndarray  # [W] share of the N_max candidates with energy below the recorded chunk's
     expert_energy: np.ndarray  # [W] energy of the recorded chunk
     candidate_energy: np.ndarray  # [W, N_max] energies of the candidates
+    candidate_l1: np.ndarray  # [W, N_max] L1 of every candidate (candidate 0 = base)
     task: np.ndarray  # [W] task label of each window
+    episode: np.ndarray  # [W] episode index of each window (Windows.episode)
 
 
 def evaluate_windows(
@@ -131,7 +133,9 @@ def evaluate_windows(
         expert_rank=(energy < expert_energy[:, None]).mean(axis=1),
         expert_energy=expert_energy,
         candidate_energy=energy,
+        candidate_l1=l1,
         task=np.asarray(list(tasks)),
+        episode=np.asarray(windows.episode),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from energy_rerank.evaluation.margin import calibrate
 from energy_rerank.evaluation.offline import StepResults
 
 
@@ -50,13 +51,19 @@ def summarize(res: StepResults, mask: np.ndarray | None = None) -> dict[str, Any
     }
 
 
-def build_report(res: StepResults, meta: dict[str, Any]) -> dict[str, Any]:
+def build_report(res: StepResults, meta: dict[str, Any], margin_n: int | None = None) -> dict[str, Any]:
+    """Overall and per-task summaries; with margin_n, the switch margin calibrated at N = margin_n
+    (energy_rerank.evaluation.margin) and its effect on held-out episodes at every N."""
     tasks = sorted(set(res.task.tolist()))
-    return {
+    report = {
         "meta": meta,
         "overall": summarize(res),
         "per_task": {t: summarize(res, res.task == t) for t in tasks},
     }
+    if margin_n is not None:
+        ns = sorted(int(k.split("@")[1]) for k in res.l1 if k.startswith("rerank@"))
+        report["switch_margin"] = calibrate(res, margin_n, ns)
+    return report
 
 
 def write_report(report: dict[str, Any], res: StepResults, out_dir: str | Path) -> list[Path]:

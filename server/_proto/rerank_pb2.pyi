@@ -68,20 +68,22 @@ class Observation(_message.Message):
     def __init__(self, images: _Optional[_Mapping[str, Image]] = ..., state: _Optional[_Union[Tensor, _Mapping]] = ..., lowdim: _Optional[_Union[Tensor, _Mapping]] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class SelectParams(_message.Message):
-    __slots__ = ("num_candidates", "sigma_scale", "seed", "rule", "temperature", "return_candidates")
+    __slots__ = ("num_candidates", "sigma_scale", "seed", "rule", "temperature", "return_candidates", "switch_margin")
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     SIGMA_SCALE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     RETURN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_MARGIN_FIELD_NUMBER: _ClassVar[int]
     num_candidates: int
     sigma_scale: float
     seed: int
     rule: SelectionRule
     temperature: float
     return_candidates: bool
-    def __init__(self, num_candidates: _Optional[int] = ..., sigma_scale: _Optional[float] = ..., seed: _Optional[int] = ..., rule: _Optional[_Union[SelectionRule, str]] = ..., temperature: _Optional[float] = ..., return_candidates: _Optional[bool] = ...) -> None: ...
+    switch_margin: float
+    def __init__(self, num_candidates: _Optional[int] = ..., sigma_scale: _Optional[float] = ..., seed: _Optional[int] = ..., rule: _Optional[_Union[SelectionRule, str]] = ..., temperature: _Optional[float] = ..., return_candidates: _Optional[bool] = ..., switch_margin: _Optional[float] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("validation_seconds", "queue_seconds", "policy_seconds", "candidates_seconds", "score_seconds", "inference_seconds", "total_seconds")
@@ -160,7 +162,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "policy_name", "chunk_len", "action_dim", "hidden_size", "num_layers", "action_low", "action_high", "cameras", "image_height", "image_width", "state_dim", "lowdim_dim", "gripper_dims", "max_candidates", "default_candidates", "scorer_backend", "max_batch")
+    __slots__ = ("model_version", "policy_name", "chunk_len", "action_dim", "hidden_size", "num_layers", "action_low", "action_high", "cameras", "image_height", "image_width", "state_dim", "lowdim_dim", "gripper_dims", "max_candidates", "default_candidates", "scorer_backend", "max_batch", "switch_margin")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
     CHUNK_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +181,7 @@ class ModelInfo(_message.Message):
     DEFAULT_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     SCORER_BACKEND_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_MARGIN_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     policy_name: str
     chunk_len: int
@@ -197,7 +200,8 @@ class ModelInfo(_message.Message):
     default_candidates: int
     scorer_backend: str
     max_batch: int
-    def __init__(self, model_version: _Optional[str] = ..., policy_name: _Optional[str] = ..., chunk_len: _Optional[int] = ..., action_dim: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., state_dim: _Optional[int] = ..., lowdim_dim: _Optional[int] = ..., gripper_dims: _Optional[_Iterable[int]] = ..., max_candidates: _Optional[int] = ..., default_candidates: _Optional[int] = ..., scorer_backend: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    switch_margin: float
+    def __init__(self, model_version: _Optional[str] = ..., policy_name: _Optional[str] = ..., chunk_len: _Optional[int] = ..., action_dim: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., state_dim: _Optional[int] = ..., lowdim_dim: _Optional[int] = ..., gripper_dims: _Optional[_Iterable[int]] = ..., max_candidates: _Optional[int] = ..., default_candidates: _Optional[int] = ..., scorer_backend: _Optional[str] = ..., max_batch: _Optional[int] = ..., switch_margin: _Optional[float] = ...) -> None: ...
 
 class ReloadEnergyHeadRequest(_message.Message):
     __slots__ = ("energy_path",)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65nergy_rerank/v1/rerank.proto\x12\x10\x65nergy_rerank.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xaa\x01\n\x05Image\x12\x32\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32 .energy_rerank.v1.Image.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\"@\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x08\n\x04JPEG\x10\x01\x12\x07\n\x03PNG\x10\x02\x12\x07\n\x03RAW\x10\x03\"\xf8\x01\n\x0bObservation\x12\x39\n\x06images\x18\x01 \x03(\x0b\x32).energy_rerank.v1.Observation.ImagesEntry\x12\'\n\x05state\x18\x02 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12(\n\x06lowdim\x18\x03 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x1a\x46\n\x0bImagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.energy_rerank.v1.Image:\x02\x38\x01\"\xe3\x01\n\x0cSelectParams\x12\x1b\n\x0enum_candidates\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0bsigma_scale\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12-\n\x04rule\x18\x04 \x01(\x0e\x32\x1f.energy_rerank.v1.SelectionRule\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x19\n\x11return_candidates\x18\x06 \x01(\x08\x42\x11\n\x0f_num_candidatesB\x0e\n\x0c_sigma_scaleB\x07\n\x05_seed\"\xb8\x01\n\x06Timing\x12\x1a\n\x12validation_seconds\x18\x01 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x02 \x01(\x01\x12\x16\n\x0epolicy_seconds\x18\x03 \x01(\x01\x12\x1a\n\x12\x63\x61ndidates_seconds\x18\x04 \x01(\x01\x12\x15\n\rscore_seconds\x18\x05 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x06 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x07 \x01(\x01\"y\n\x13SelectActionRequest\x12\x32\n\x0bobservation\x18\x01 \x01(\x0b\x32\x1d.energy_rerank.v1.Observation\x12.\n\x06params\x18\x02 \x01(\x0b\x32\x1e.energy_rerank.v1.SelectParams\"\xa8\x02\n\x14SelectActionResponse\x12\'\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\r\n\x05index\x18\x02 \x01(\r\x12*\n\x08\x65nergies\x18\x03 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12,\n\ncandidates\x18\x04 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12(\n\x06timing\x18\x08 \x01(\x0b\x32\x18.energy_rerank.v1.Timing\x12\x12\n\nbatch_size\x18\t \x01(\r\"\xad\x01\n\x16ScoreCandidatesRequest\x12(\n\x06hidden\x18\x01 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\'\n\x05valid\x18\x02 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12,\n\ncandidates\x18\x03 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\x12\n\nnormalized\x18\x04 \x01(\x08\"\x96\x01\n\x17ScoreCandidatesResponse\x12*\n\x08\x65nergies\x18\x01 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\x0e\n\x06\x61rgmin\x18\x02 \x03(\r\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12(\n\x06timing\x18\x04 \x01(\x0b\x32\x18.energy_rerank.v1.Timing\"\x15\n\x13GetModelInfoRequest\"\x88\x03\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x11\n\tchunk_len\x18\x03 \x01(\r\x12\x12\n\naction_dim\x18\x04 \x01(\r\x12\x13\n\x0bhidden_size\x18\x05 \x01(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x12\n\naction_low\x18\x07 \x03(\x02\x12\x13\n\x0b\x61\x63tion_high\x18\x08 \x03(\x02\x12\x0f\n\x07\x63\x61meras\x18\t \x03(\t\x12\x14\n\x0cimage_height\x18\n \x01(\r\x12\x13\n\x0bimage_width\x18\x0b \x01(\r\x12\x11\n\tstate_dim\x18\x0c \x01(\r\x12\x12\n\nlowdim_dim\x18\r \x01(\r\x12\x14\n\x0cgripper_dims\x18\x0e \x03(\r\x12\x16\n\x0emax_candidates\x18\x0f \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_candidates\x18\x10 \x01(\r\x12\x16\n\x0escorer_backend\x18\x11 \x01(\t\x12\x11\n\tmax_batch\x18\x12 \x01(\r\".\n\x17ReloadEnergyHeadRequest\x12\x13\n\x0b\x65nergy_path\x18\x01 \x01(\t\"a\n\x18ReloadEnergyHeadResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01*H\n\rSelectionRule\x12\x1e\n\x1aSELECTION_RULE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41RGMIN\x10\x01\x12\x0b\n\x07SOFTMAX\x10\x02\x32\xaa\x02\n\rRerankService\x12]\n\x0cSelectAction\x12%.energy_rerank.v1.SelectActionRequest\x1a&.energy_rerank.v1.SelectActionResponse\x12\x66\n\x0fScoreCandidates\x12(.energy_rerank.v1.ScoreCandidatesRequest\x1a).energy_rerank.v1.ScoreCandidatesResponse\x12R\n\x0cGetModelInfo\x12%.energy_rerank.v1.GetModelInfoRequest\x1a\x1b.energy_rerank.v1.ModelInfo2x\n\x0bRerankAdmin\x12i\n\x10ReloadEnergyHead\x12).energy_rerank.v1.ReloadEnergyHeadRequest\x1a*.energy_rerank.v1.ReloadEnergyHeadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65nergy_rerank/v1/rerank.proto\x12\x10\x65nergy_rerank.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xaa\x01\n\x05Image\x12\x32\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32 .energy_rerank.v1.Image.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\"@\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x08\n\x04JPEG\x10\x01\x12\x07\n\x03PNG\x10\x02\x12\x07\n\x03RAW\x10\x03\"\xf8\x01\n\x0bObservation\x12\x39\n\x06images\x18\x01 \x03(\x0b\x32).energy_rerank.v1.Observation.ImagesEntry\x12\'\n\x05state\x18\x02 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12(\n\x06lowdim\x18\x03 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x1a\x46\n\x0bImagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.energy_rerank.v1.Image:\x02\x38\x01\"\x91\x02\n\x0cSelectParams\x12\x1b\n\x0enum_candidates\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0bsigma_scale\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12-\n\x04rule\x18\x04 \x01(\x0e\x32\x1f.energy_rerank.v1.SelectionRule\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x19\n\x11return_candidates\x18\x06 \x01(\x08\x12\x1a\n\rswitch_margin\x18\x07 \x01(\x02H\x03\x88\x01\x01\x42\x11\n\x0f_num_candidatesB\x0e\n\x0c_sigma_scaleB\x07\n\x05_seedB\x10\n\x0e_switch_margin\"\xb8\x01\n\x06Timing\x12\x1a\n\x12validation_seconds\x18\x01 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x02 \x01(\x01\x12\x16\n\x0epolicy_seconds\x18\x03 \x01(\x01\x12\x1a\n\x12\x63\x61ndidates_seconds\x18\x04 \x01(\x01\x12\x15\n\rscore_seconds\x18\x05 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x06 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x07 \x01(\x01\"y\n\x13SelectActionRequest\x12\x32\n\x0bobservation\x18\x01 \x01(\x0b\x32\x1d.energy_rerank.v1.Observation\x12.\n\x06params\x18\x02 \x01(\x0b\x32\x1e.energy_rerank.v1.SelectParams\"\xa8\x02\n\x14SelectActionResponse\x12\'\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\r\n\x05index\x18\x02 \x01(\r\x12*\n\x08\x65nergies\x18\x03 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12,\n\ncandidates\x18\x04 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\x08\x12\x17\n\x0f\x66\x61llback_reason\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12(\n\x06timing\x18\x08 \x01(\x0b\x32\x18.energy_rerank.v1.Timing\x12\x12\n\nbatch_size\x18\t \x01(\r\"\xad\x01\n\x16ScoreCandidatesRequest\x12(\n\x06hidden\x18\x01 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\'\n\x05valid\x18\x02 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12,\n\ncandidates\x18\x03 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\x12\n\nnormalized\x18\x04 \x01(\x08\"\x96\x01\n\x17ScoreCandidatesResponse\x12*\n\x08\x65nergies\x18\x01 \x01(\x0b\x32\x18.energy_rerank.v1.Tensor\x12\x0e\n\x06\x61rgmin\x18\x02 \x03(\r\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12(\n\x06timing\x18\x04 \x01(\x0b\x32\x18.energy_rerank.v1.Timing\"\x15\n\x13GetModelInfoRequest\"\x9f\x03\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x11\n\tchunk_len\x18\x03 \x01(\r\x12\x12\n\naction_dim\x18\x04 \x01(\r\x12\x13\n\x0bhidden_size\x18\x05 \x01(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x12\n\naction_low\x18\x07 \x03(\x02\x12\x13\n\x0b\x61\x63tion_high\x18\x08 \x03(\x02\x12\x0f\n\x07\x63\x61meras\x18\t \x03(\t\x12\x14\n\x0cimage_height\x18\n \x01(\r\x12\x13\n\x0bimage_width\x18\x0b \x01(\r\x12\x11\n\tstate_dim\x18\x0c \x01(\r\x12\x12\n\nlowdim_dim\x18\r \x01(\r\x12\x14\n\x0cgripper_dims\x18\x0e \x03(\r\x12\x16\n\x0emax_candidates\x18\x0f \x01(\r\x12\x1a\n\x12\x64\x65\x66\x61ult_candidates\x18\x10 \x01(\r\x12\x16\n\x0escorer_backend\x18\x11 \x01(\t\x12\x11\n\tmax_batch\x18\x12 \x01(\r\x12\x15\n\rswitch_margin\x18\x13 \x01(\x02\".\n\x17ReloadEnergyHeadRequest\x12\x13\n\x0b\x65nergy_path\x18\x01 \x01(\t\"a\n\x18ReloadEnergyHeadResponse\x12\x18\n\x10previous_version\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01*H\n\rSelectionRule\x12\x1e\n\x1aSELECTION_RULE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41RGMIN\x10\x01\x12\x0b\n\x07SOFTMAX\x10\x02\x32\xaa\x02\n\rRerankService\x12]\n\x0cSelectAction\x12%.energy_rerank.v1.SelectActionRequest\x1a&.energy_rerank.v1.SelectActionResponse\x12\x66\n\x0fScoreCandidates\x12(.energy_rerank.v1.ScoreCandidatesRequest\x1a).energy_rerank.v1.ScoreCandidatesResponse\x12R\n\x0cGetModelInfo\x12%.energy_rerank.v1.GetModelInfoRequest\x1a\x1b.energy_rerank.v1.ModelInfo2x\n\x0bRerankAdmin\x12i\n\x10ReloadEnergyHead\x12).energy_rerank.v1.ReloadEnergyHeadRequest\x1a*.energy_rerank.v1.ReloadEnergyHeadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OBSERVATION_IMAGESENTRY']._loaded_options = None
   _globals['_OBSERVATION_IMAGESENTRY']._serialized_options = b'8\001'
-  _globals['_SELECTIONRULE']._serialized_start=2262
-  _globals['_SELECTIONRULE']._serialized_end=2334
+  _globals['_SELECTIONRULE']._serialized_start=2331
+  _globals['_SELECTIONRULE']._serialized_end=2403
   _globals['_TENSOR']._serialized_start=51
   _globals['_TENSOR']._serialized_end=103
   _globals['_IMAGE']._serialized_start=106
@@ -46,27 +46,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVATION_IMAGESENTRY']._serialized_start=457
   _globals['_OBSERVATION_IMAGESENTRY']._serialized_end=527
   _globals['_SELECTPARAMS']._serialized_start=530
-  _globals['_SELECTPARAMS']._serialized_end=757
-  _globals['_TIMING']._serialized_start=760
-  _globals['_TIMING']._serialized_end=944
-  _globals['_SELECTACTIONREQUEST']._serialized_start=946
-  _globals['_SELECTACTIONREQUEST']._serialized_end=1067
-  _globals['_SELECTACTIONRESPONSE']._serialized_start=1070
-  _globals['_SELECTACTIONRESPONSE']._serialized_end=1366
-  _globals['_SCORECANDIDATESREQUEST']._serialized_start=1369
-  _globals['_SCORECANDIDATESREQUEST']._serialized_end=1542
-  _globals['_SCORECANDIDATESRESPONSE']._serialized_start=1545
-  _globals['_SCORECANDIDATESRESPONSE']._serialized_end=1695
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1697
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1718
-  _globals['_MODELINFO']._serialized_start=1721
-  _globals['_MODELINFO']._serialized_end=2113
-  _globals['_RELOADENERGYHEADREQUEST']._serialized_start=2115
-  _globals['_RELOADENERGYHEADREQUEST']._serialized_end=2161
-  _globals['_RELOADENERGYHEADRESPONSE']._serialized_start=2163
-  _globals['_RELOADENERGYHEADRESPONSE']._serialized_end=2260
-  _globals['_RERANKSERVICE']._serialized_start=2337
-  _globals['_RERANKSERVICE']._serialized_end=2635
-  _globals['_RERANKADMIN']._serialized_start=2637
-  _globals['_RERANKADMIN']._serialized_end=2757
+  _globals['_SELECTPARAMS']._serialized_end=803
+  _globals['_TIMING']._serialized_start=806
+  _globals['_TIMING']._serialized_end=990
+  _globals['_SELECTACTIONREQUEST']._serialized_start=992
+  _globals['_SELECTACTIONREQUEST']._serialized_end=1113
+  _globals['_SELECTACTIONRESPONSE']._serialized_start=1116
+  _globals['_SELECTACTIONRESPONSE']._serialized_end=1412
+  _globals['_SCORECANDIDATESREQUEST']._serialized_start=1415
+  _globals['_SCORECANDIDATESREQUEST']._serialized_end=1588
+  _globals['_SCORECANDIDATESRESPONSE']._serialized_start=1591
+  _globals['_SCORECANDIDATESRESPONSE']._serialized_end=1741
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1743
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1764
+  _globals['_MODELINFO']._serialized_start=1767
+  _globals['_MODELINFO']._serialized_end=2182
+  _globals['_RELOADENERGYHEADREQUEST']._serialized_start=2184
+  _globals['_RELOADENERGYHEADREQUEST']._serialized_end=2230
+  _globals['_RELOADENERGYHEADRESPONSE']._serialized_start=2232
+  _globals['_RELOADENERGYHEADRESPONSE']._serialized_end=2329
+  _globals['_RERANKSERVICE']._serialized_start=2406
+  _globals['_RERANKSERVICE']._serialized_end=2704
+  _globals['_RERANKADMIN']._serialized_start=2706
+  _globals['_RERANKADMIN']._serialized_end=2826
 # @@protoc_insertion_point(module_scope)
