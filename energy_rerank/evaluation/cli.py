@@ -46,8 +46,9 @@ def add_parser(subparsers: Any) -> None:
         "--gripper-mode", default="keep", choices=("keep", "flip", "vote"), help="noise candidates' gripper"
     )
     p.add_argument(
-        "--margin-n", type=int, help="N at which the switch margin is calibrated, one of --ns (default: 64 if "
-        "listed, else the largest)"
+        "--margin-n",
+        type=int,
+        help="N at which the switch margin is calibrated, one of --ns; None = 64 if listed, else the largest",
     )
     p.set_defaults(func=_offline)
     add_libero_parser(sub)  # closed loop through the server (issue 9), below
@@ -115,7 +116,9 @@ def _offline(args: argparse.Namespace) -> int:
                 "l1": line,
                 "spearman": round(float(np.nan_to_num(o["spearman_energy_vs_error"]["mean"])), 3),
                 "switch_margin": {
-                    k: report["switch_margin"][k] for k in ("margin", "held_out", "error") if k in report["switch_margin"]
+                    k: report["switch_margin"][k]
+                    for k in ("margin", "held_out", "error")
+                    if k in report["switch_margin"]
                 },
                 "written": [str(p) for p in paths],
             },
