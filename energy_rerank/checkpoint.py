@@ -1,5 +1,9 @@
 """Bundle directories: config.json + model.safetensors (+ stats.json). No pickle, ever.
 
+An energy bundle may also carry selection.json, the switch margin `energy-rerank eval offline
+--write-margin` calibrated for it; the server uses it unless told otherwise. Saving a bundle
+anew drops it: new weights need a new calibration.
+
 A bundle is written into a temporary sibling directory and renamed into place, so a reader
 never sees half a bundle. Loading checks every weight against the architecture the config
 describes and names each mismatch.
@@ -8,6 +12,7 @@ describes and names each mismatch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +30,7 @@ from energy_rerank.normalize import STATS_FILE, NormStats
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+SELECTION_FILE = "selection.json"  # an energy bundle's calibrated switch margin
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -78,6 +84,33 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def write_switch_margin(path: str | Path, margin: float, calibration: dict[str, Any]) -> Path:
+    """Record a head's calibrated switch margin (inf = never switch) in its bundle, atomically."""
+    if not margin >= 0:
+        raise ValueError(f"switch margin must be >= 0, got {margin}")
+    path = Path(path)
+    read_bundle_meta(path)  # a bundle, not any directory
+    data = {"switch_margin": margin if math.isfinite(margin) else "inf", "calibration": calibration}
+    tmp = path / f".{SELECTION_FILE}.tmp"
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))  # strict JSON: inf is spelled "inf"
+    os.replace(tmp, path / SELECTION_FILE)
+    return path / SELECTION_FILE
+
+
+def read_switch_margin(path: str | Path) -> float | None:
+    """The switch margin recorded in a bundle, or None when it has none."""
+    f = Path(path) / SELECTION_FILE
+    if not f.is_file():
+        return None
+    try:
+        margin = float(json.loads(f.read_text())["switch_margin"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{f}: no readable switch_margin ({e})") from e
+    if not margin >= 0:
+        raise BundleError(f"{f}: switch_margin must be >= 0, got {margin}")
+    return margin
+
+
 def load_bundle(
     path: str | Path,
     kind: str,
@@ -117,7 +150,9 @@ def check_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: st
         problems.append(f"unexpected weight {k} {tuple(weights[k].shape)}")
     for k in sorted(set(expected) & set(weights)):
         if tuple(weights[k].shape) != expected[k]:
-            problems.append(f"{k}: config implies shape {expected[k]}, weights have {tuple(weights[k].shape)}")
+            problems.append(
+                f"{k}: config implies shape {expected[k]}, weights have {tuple(weights[k].shape)}"
+            )
     if problems:
         shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
         raise BundleError(f"{where}: config and weights disagree: {shown}")

@@ -67,8 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="N when a request does not say (default: %(default)s)")  # fmt: skip
     g.add_argument("--switch-margin", type=float, default=d.switch_margin,
                    help="energy gain a candidate needs to replace the policy's own chunk when a request does not "
-                        "say; 0 = plain argmin, inf = never rerank (default: %(default)s). `energy-rerank eval "
-                        "offline` reports the margin a head needs")  # fmt: skip
+                        "say; 0 = plain argmin, inf = never rerank (default: the margin `energy-rerank eval offline "
+                        "--write-margin` recorded in the energy bundle, else 0)")  # fmt: skip
     g = p.add_argument_group("network")
     g.add_argument(
         "--address", default=d.address, help="host:port to bind, port 0 = any free (default: %(default)s)"

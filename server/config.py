@@ -33,8 +33,9 @@ class ServerConfig:
     max_candidates: int = 1024  # largest N a request may ask for (bounds memory per request)
     default_candidates: int = 64  # N when a request leaves num_candidates at 0
     # energy gain a candidate needs to replace the policy's chunk when a request leaves it unset;
-    # 0 = plain argmin, inf = never (measure a head's with `energy-rerank eval offline`)
-    switch_margin: float = 0.0
+    # 0 = plain argmin, inf = never; None = the energy bundle's selection.json (written by
+    # `energy-rerank eval offline --write-margin`), or 0 when it has none
+    switch_margin: float | None = None
     max_message_bytes: int = 4 * 1024 * 1024  # larger requests get RESOURCE_EXHAUSTED (gRPC's default)
     auth_token: str | None = None  # bearer token required on every call but health; None = no auth
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key enables TLS
@@ -50,7 +51,8 @@ class ServerConfig:
             raise ValueError(
                 f"default_candidates={self.default_candidates} must be in [1, max_candidates={self.max_candidates}]"
             )
-        check_switch_margin(self.switch_margin, "switch_margin")
+        if self.switch_margin is not None:
+            check_switch_margin(self.switch_margin, "switch_margin")
         if self.fp32_precision not in FP32_PRECISIONS:
             raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {self.fp32_precision!r}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from energy_rerank.candidates import CandidateSampler
-from energy_rerank.checkpoint import CONFIG_FILE, WEIGHTS_FILE, BundleError
+from energy_rerank.checkpoint import CONFIG_FILE, WEIGHTS_FILE, BundleError, read_switch_margin
 from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.cuda_graphs import GraphedScorer
 from energy_rerank.kernels.scorer import make_scorer
@@ -49,7 +49,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
         CandidateSampler.for_policy(proposer),
         model_version=version,
         max_candidates=config.max_candidates,
-        switch_margin=config.switch_margin,
+        switch_margin=switch_margin_for(config, config.energy_path),
     )
 
 
@@ -71,8 +71,16 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
         stats=current.stats,
         model_version=f"{policy_part}+energy@{bundle_digest(path)}",
         max_candidates=current.max_candidates,
-        switch_margin=current.switch_margin,
+        switch_margin=switch_margin_for(config, path),
     )
+
+
+def switch_margin_for(config: ServerConfig, energy_path: str | Path) -> float:
+    """The server's flag if set, else the margin calibrated for this head, else 0 (plain argmin)."""
+    if config.switch_margin is not None:
+        return config.switch_margin
+    recorded = read_switch_margin(energy_path)
+    return 0.0 if recorded is None else recorded
 
 
 def warm_up(reranker: Reranker, max_batch: int = 1) -> None:

@@ -122,6 +122,36 @@ def test_switch_margin_calibration(windows, scorer):
         assert held["margin@16"] == pytest.approx(held["base"]) and held["switched@16"] == 0.0
 
 
+def test_cli_records_the_margin_in_the_bundle(windows, tmp_path):
+    from energy_rerank.checkpoint import read_switch_margin
+
+    win, _ = windows
+    policy = _policy(win, with_stats=True)
+    policy.save(tmp_path / "policy")
+    head = tmp_path / "energy"
+    EnergyModel(
+        EnergyConfig(context_dim=policy.config.hidden_size, chunk_len=H, hidden=32, heads=4)
+    ).save_pretrained(head)
+    argv = [
+        "eval",
+        "offline",
+        "--rollouts",
+        str(DATA),
+        "--policy",
+        str(tmp_path / "policy"),
+        "--energy",
+        str(head),
+    ]
+    argv += ["--out", str(tmp_path / "eval"), "--ns", "1,4,16", "--stride", "20", "--write-margin"]
+    with pytest.raises(SystemExit, match="two episodes"):
+        main([*argv, "--demos", "1"])  # one episode: nothing to calibrate on, nothing written
+    assert read_switch_margin(head) is None
+    assert main([*argv, "--demos", "0-1"]) == 0
+    rep = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert rep["switch_margin"]["n"] == 16  # 64 is not among --ns: the largest
+    assert read_switch_margin(head) == rep["switch_margin"]["margin"]
+
+
 def test_spearman_rows():
     x = np.array([[1.0, 2, 3, 4], [4, 3, 2, 1], [1, 1, 1, 1]])
     y = np.array([[10.0, 20, 30, 40]] * 3)

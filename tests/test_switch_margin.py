@@ -98,3 +98,40 @@ def test_margin_through_the_service(reranker, switching) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "params.switch_margin" in err.value.details()
         assert c.select(**kw).index == 0  # still serving
+
+
+def test_a_bundle_carries_its_margin(bundles, tmp_path) -> None:
+    import json
+    import shutil
+
+    from energy_rerank.checkpoint import BundleError, read_switch_margin, write_switch_margin
+    from energy_rerank.server.models import with_energy_head
+
+    policy_dir, energy_dir = bundles
+    head = shutil.copytree(energy_dir, tmp_path / "head")
+    plain = load_reranker(ServerConfig(policy_path=policy_dir, energy_path=head, backend="torch"))
+    assert plain.switch_margin == 0.0 and read_switch_margin(head) is None
+
+    write_switch_margin(head, 2.5, {"n": 64})
+    calibrated = load_reranker(ServerConfig(policy_path=policy_dir, energy_path=head, backend="torch"))
+    assert calibrated.switch_margin == 2.5
+    assert calibrated.model_version != plain.model_version  # another selection = another version
+    flag = ServerConfig(policy_path=policy_dir, energy_path=head, backend="torch", switch_margin=0.0)
+    assert load_reranker(flag).switch_margin == 0.0  # the server's flag wins
+
+    # A hot swap brings the new head's margin along (unless the flag is set).
+    swapped = with_energy_head(plain, head, ServerConfig(policy_path=policy_dir, energy_path=energy_dir))
+    assert swapped.switch_margin == 2.5
+    assert with_energy_head(plain, head, flag).switch_margin == 0.0
+
+    write_switch_margin(head, math.inf, {"n": 64})
+    json.loads(
+        (head / "selection.json").read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}")
+    )
+    assert read_switch_margin(head) == math.inf
+
+    (head / "selection.json").write_text('{"switch_margin": -1}')
+    with pytest.raises(BundleError, match="switch_margin"):
+        read_switch_margin(head)
+    with pytest.raises(BundleError, match="not a bundle"):
+        write_switch_margin(tmp_path, 1.0, {})

@@ -50,6 +50,12 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         help="N at which the switch margin is calibrated, one of --ns; None = 64 if listed, else the largest",
     )
+    p.add_argument(
+        "--write-margin",
+        action="store_true",
+        help="record the calibrated switch margin in the energy bundle (selection.json), which `serve` then "
+        "uses unless --switch-margin is given",
+    )
     p.set_defaults(func=_offline)
     add_libero_parser(sub)  # closed loop through the server (issue 9), below
 
@@ -67,6 +73,7 @@ def _offline(args: argparse.Namespace) -> int:
     import numpy as np
 
     from energy_rerank.candidates import CandidateSampler, SamplerConfig
+    from energy_rerank.checkpoint import write_switch_margin
     from energy_rerank.energy import EnergyModel
     from energy_rerank.evaluation.offline import OfflineConfig, evaluate_windows
     from energy_rerank.evaluation.report import build_report, write_report
@@ -107,6 +114,17 @@ def _offline(args: argparse.Namespace) -> int:
     }
     report = build_report(res, meta, margin_n=margin_n)
     paths = write_report(report, res, args.out)
+    calibration = report["switch_margin"]
+    if args.write_margin:
+        if "error" in calibration:
+            raise SystemExit(f"--write-margin: cannot calibrate: {calibration['error']}")
+        paths.append(
+            write_switch_margin(
+                args.energy,
+                calibration["margin"],
+                {"n": calibration["n"], "held_out": calibration["held_out"]},
+            )
+        )
     o = report["overall"]
     line = {k: round(v["mean"], 4) for k, v in o["l1"].items() if not k.startswith("random")}
     print(
@@ -116,9 +134,7 @@ def _offline(args: argparse.Namespace) -> int:
                 "l1": line,
                 "spearman": round(float(np.nan_to_num(o["spearman_energy_vs_error"]["mean"])), 3),
                 "switch_margin": {
-                    k: report["switch_margin"][k]
-                    for k in ("margin", "held_out", "error")
-                    if k in report["switch_margin"]
+                    k: calibration[k] for k in ("margin", "held_out", "error") if k in calibration
                 },
                 "written": [str(p) for p in paths],
             },
