@@ -153,7 +153,7 @@ def add_libero_parser(sub: Any) -> None:
             "Runs LIBERO episodes under the standard protocol (fixed init states 0..K-1, 10 wait steps, the "
             "suite's max steps); every chunk comes from the server at --server via SelectAction and the "
             "client's chunk broker, once per --n-candidates setting (N=1 = the base policy, no reranking). "
-            "Writes report.json (success per task and overall with Wilson 95%% intervals, mean episode "
+            "Writes report.json (success per task and overall with Wilson 95% intervals, mean episode "
             "length, client-observed and server latency percentiles, every episode, and the server's model "
             "version and switch margin) and success.png to --out. "
             "Start the server first, e.g. `energy-rerank serve --policy P --energy E --address 127.0.0.1:50051`."
