@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--bc-steps", type=int, default=300, help="behaviour-cloning steps of the policy")
     ap.add_argument("--energy-steps", type=int, default=500, help="energy head steps")
     ap.add_argument("--candidates", type=int, default=64, help="N for the rerank evaluation")
+    ap.add_argument("--heldout-episodes", type=int, default=12, help="held-out episodes (another seed) evaluated")
+    ap.add_argument("--context-layer", type=int, default=-1,
+                    help="policy hidden states the head reads: 0 = token embeddings, -1 = last layer (default)")  # fmt: skip
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.02, 0.05, 0.1], help="sampler noise sigmas")
     ap.add_argument("--gripper-mode", default="flip", choices=("keep", "flip", "vote"), help="sampler gripper mode")
     ap.add_argument("--loss", default="mixed", choices=tuple(LOSSES),
@@ -70,6 +73,8 @@ def main() -> None:
         energy=energy,
         sampler=sampler,
         num_candidates=args.candidates,
+        heldout_episodes=args.heldout_episodes,
+        context_layer=args.context_layer,
     )
     result = run_synthetic_pipeline(args.out, cfg)
     shown = {k: v for k, v in result.items() if k not in ("policy", "model")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,23 @@ def test_relative_backbone_path(backbone_dir: Path) -> None:
     )
     HFAdapter(cfg, LlamaModel.from_pretrained(backbone_dir)).save(bundle)
     assert load_policy(bundle).propose(OBS[:1]).base.shape == (1, 8, 7)
+
+
+def test_context_layer(backbone_dir: Path) -> None:
+    backbone = LlamaModel.from_pretrained(backbone_dir)
+    cfg = HFAdapterConfig(
+        backbone=str(backbone_dir), hidden_size=D, action_tokens=ActionTokens(count=8, token_id=ACTION_ID)
+    )
+    torch.manual_seed(0)
+    head = build_head(cfg)
+    last = HFAdapter(cfg, backbone, head).propose(OBS)
+    first = HFAdapter(dataclasses.replace(cfg, context_layer=0), backbone, head).propose(OBS)
+    assert torch.equal(first.layer_actions, last.layer_actions)  # same chunks, another context
+    ids = HFAdapter(cfg, backbone, head).build_inputs(OBS)[0]["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(first.context, backbone.embed_tokens(ids).float())  # layer 0 = embeddings
+    with pytest.raises(ValueError, match="context_layer"):
+        HFAdapter(dataclasses.replace(cfg, context_layer=LAYERS + 1), backbone, head)
 
 
 def test_wrong_action_token_description_fails_clearly(backbone_dir: Path, tmp_path: Path) -> None:

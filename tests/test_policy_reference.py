@@ -54,6 +54,29 @@ def test_lowdim_policy_proposals(observations: list[Observation]) -> None:
     )
 
 
+def test_context_layer_picks_the_hidden_state(observations: list[Observation]) -> None:
+    """context_layer selects which hidden states the energy head reads; the chunks do not change."""
+    last = lowdim_policy().propose(observations)
+    contexts = {}
+    for layer in (0, 1, -1):
+        policy = lowdim_policy(context_layer=layer)
+        p = policy.propose(observations)
+        assert torch.equal(p.layer_actions, last.layer_actions) and torch.equal(p.valid, last.valid)
+        contexts[layer] = p.context
+    assert torch.equal(contexts[-1], last.context)  # the default is the last layer, as before
+    # Layer 0 is the token embeddings: the instruction bytes' rows are their embedding vectors.
+    policy = lowdim_policy(context_layer=0)
+    inputs = policy.encode(observations)
+    n = policy.config.num_state_tokens
+    with torch.no_grad():
+        text = policy.backbone.embed_tokens(inputs.text_ids)  # [B, T, D]
+    torch.testing.assert_close(contexts[0][:, n : n + text.shape[1]], text)
+    assert not torch.allclose(contexts[0], contexts[1]) and not torch.allclose(contexts[1], contexts[-1])
+    for bad in (4, -5):  # tiny: 3 layers -> hidden states 0..3 (or -4..-1)
+        with pytest.raises(ValueError, match="context_layer"):
+            ReferenceConfig.preset("tiny", lowdim_dim=TASK.lowdim_dim, context_layer=bad)
+
+
 def test_image_policy_proposals(observations: list[Observation]) -> None:
     torch.manual_seed(0)
     cfg = ReferenceConfig.preset(

@@ -59,6 +59,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--eval-every", type=int, default=250, help="steps between held-out evaluations (default 250)"
     )
+    p.add_argument(
+        "--context-layer",
+        type=int,
+        default=-1,
+        help="hidden states the energy head will read: 0 = token embeddings, l = after layer l, -1 = last "
+        "(default -1, the seed's)",
+    )
     p.add_argument("--log-dir", help="TensorBoard directory (default OUT/logs)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
         if image
         else {"lowdim_dim": task.lowdim_dim}
     )
-    policy = ReferenceVLA(ReferenceConfig.preset(args.size, chunk_len=task.chunk_len, **inputs)).to(
-        args.device
-    )
+    policy = ReferenceVLA(
+        ReferenceConfig.preset(
+            args.size, chunk_len=task.chunk_len, context_layer=args.context_layer, **inputs
+        )
+    ).to(args.device)
     config = BCConfig(
         steps=args.steps,
         batch_size=args.batch_size,

@@ -43,6 +43,7 @@ class SyntheticPipelineConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # inference candidates
     num_candidates: int = 64  # N for the rerank evaluation
     seed: int = 0  # torch seed for the policy's init
+    context_layer: int = -1  # policy hidden states the head reads (ReferenceConfig.context_layer)
 
 
 def run_synthetic_pipeline(workdir: str | Path, cfg: SyntheticPipelineConfig) -> dict[str, Any]:
@@ -52,15 +53,23 @@ def run_synthetic_pipeline(workdir: str | Path, cfg: SyntheticPipelineConfig) ->
     train = task.windows(task.episodes(cfg.train_episodes, seed=1))
     held = task.windows(task.episodes(cfg.heldout_episodes, seed=2))
     torch.manual_seed(cfg.seed)
-    policy = ReferenceVLA(ReferenceConfig.preset("tiny", lowdim_dim=task.lowdim_dim, chunk_len=task.chunk_len))
+    policy = ReferenceVLA(
+        ReferenceConfig.preset(
+            "tiny", lowdim_dim=task.lowdim_dim, chunk_len=task.chunk_len, context_layer=cfg.context_layer
+        )
+    )
     bc = train_bc(policy, train, held, cfg.bc, out=workdir / "policy", progress=False)
     policy.eval()
     t1 = time.perf_counter()
-    head_data = train if cfg.energy_episodes is None else task.windows(task.episodes(cfg.energy_episodes, seed=1))
+    head_data = (
+        train if cfg.energy_episodes is None else task.windows(task.episodes(cfg.energy_episodes, seed=1))
+    )
     cache_dir = cache_policy_features(policy, head_data, workdir / "features")
     t2 = time.perf_counter()
     energy_cfg = cfg.energy.replace(data=dataclasses.replace(cfg.energy.data, cache_dir=str(cache_dir)))
-    trainer = EnergyTrainer(energy_cfg, workdir / "energy", features=FeatureCache(cache_dir), stats=policy.stats)
+    trainer = EnergyTrainer(
+        energy_cfg, workdir / "energy", features=FeatureCache(cache_dir), stats=policy.stats
+    )
     summary = trainer.fit()
     t3 = time.perf_counter()
     sampler = CandidateSampler.for_policy(policy, cfg.sampler)

@@ -65,6 +65,12 @@ def add_parser(subparsers: Any) -> None:
     bc.add_argument("--steps", type=int, default=1500, help="optimiser steps")
     bc.add_argument("--batch-size", type=int, default=64, help="windows per step")
     bc.add_argument("--seed", type=int, default=0, help="init and batch-order seed")
+    bc.add_argument(
+        "--context-layer",
+        type=int,
+        default=-1,
+        help="hidden states the energy head will read: 0 = token embeddings, l = after layer l, -1 = last",
+    )
     bc.set_defaults(func=_train_policy)
 
     cache = sub.add_parser(
@@ -139,7 +145,11 @@ def _train_policy(args: argparse.Namespace) -> int:
         val = train
     torch.manual_seed(args.seed)
     cfg = ReferenceConfig.preset(
-        args.size, lowdim_dim=LOWDIM_DIM, chunk_len=args.chunk_len, max_text_len=args.max_text_len
+        args.size,
+        lowdim_dim=LOWDIM_DIM,
+        chunk_len=args.chunk_len,
+        max_text_len=args.max_text_len,
+        context_layer=args.context_layer,
     )
     policy = ReferenceVLA(cfg)
     fit_stats(policy, train)

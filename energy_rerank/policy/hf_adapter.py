@@ -67,6 +67,7 @@ class HFAdapterConfig:
     state_in_prompt: bool = False  # append "state: v0 v1 ..." (lowdim then proprio, 3 decimals)
     max_prompt_len: int = 128  # prompt tokens kept (the start is cut when longer)
     name: str = "hf-adapter"  # reported in PolicyDescription
+    context_layer: int = -1  # hidden state the energy head reads: 0 = embeddings, l = layer l, -1 = last
 
     def __post_init__(self) -> None:
         t = self.action_tokens
@@ -131,6 +132,10 @@ class HFAdapter(nn.Module):
         if layers is None:
             raise ValueError(
                 "the backbone's config has no num_hidden_layers; cannot describe its layer actions"
+            )
+        if not -(int(layers) + 1) <= config.context_layer <= int(layers):
+            raise ValueError(
+                f"context_layer={config.context_layer} must index the backbone's {int(layers) + 1} hidden states"
             )
         self._takes_position_ids = "position_ids" in inspect.signature(backbone.forward).parameters
         self.description = PolicyDescription(
@@ -212,7 +217,7 @@ class HFAdapter(nn.Module):
             )  # [B, L, H, k*D]
             layer_actions = self.head(steps.float())  # [B, L, H, A]
         return Proposals(
-            context=hidden[-1].float(),
+            context=hidden[c.context_layer].float(),
             valid=valid.to(dev),
             layer_actions=layer_actions,
             base=layer_actions[:, -1],

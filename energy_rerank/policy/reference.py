@@ -11,7 +11,7 @@ to k tokens with an MLP instead (fewer tokens, slower to learn object selection)
 The H action queries are learned embeddings decoded in parallel (one token per chunk step).
 Applying the same head to the action-query hidden states of *every* layer gives the "layer
 actions" (SEEDS.md section 3): poor chunks from early layers, the policy's own from the last.
-The context for the energy head is the last layer's hidden states; state, image and
+The context for the energy head is the last layer's hidden states (or `context_layer`'s); state, image and
 instruction tokens are valid, padding and action queries are not (the seed's mask).
 
 The sequence length is fixed by the config (instructions are padded or cut to
@@ -63,6 +63,9 @@ class ReferenceConfig:
     max_text_len: int = 40  # instruction ids incl. BOS/EOS; longer instructions are cut
     head_blocks: int = 2  # MLPResNet blocks in the L1 action head
     head_hidden: int = 128  # MLPResNet width of the action head
+    # Hidden states the energy head reads: index into [embeddings, layer 1, ..., layer L]; -1 = the
+    # last layer (the seed's). Earlier ones make the head's errors less like the policy's (notes).
+    context_layer: int = -1
 
     def __post_init__(self) -> None:
         for f in ("hidden_size", "num_layers", "num_heads", "chunk_len", "action_dim", "head_hidden"):
@@ -76,6 +79,11 @@ class ReferenceConfig:
             raise ValueError(f"gripper_dims {self.gripper_dims} must lie in [0, {self.action_dim})")
         if self.state_tokens < 0:
             raise ValueError(f"state_tokens must be >= 0, got {self.state_tokens}")
+        if not -(self.num_layers + 1) <= self.context_layer <= self.num_layers:
+            raise ValueError(
+                f"context_layer must index the {self.num_layers + 1} hidden states (embeddings + "
+                f"{self.num_layers} layers), got {self.context_layer}"
+            )
 
     @property
     def vector_dim(self) -> int:
@@ -223,7 +231,8 @@ class ReferenceVLA(nn.Module):
 
     # ------------------------------------------------------------------ the network
     def forward(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> context [B, S, D] (last layer), valid [B, S] bool, action hidden [B, L, H, D] (every layer)."""
+        """-> context [B, S, D] (config.context_layer), valid [B, S] bool, action hidden [B, L, H, D]
+        (every layer)."""
         c = self.config
         dev = self.action_queries.device
         inputs = inputs.to(dev)
@@ -254,7 +263,8 @@ class ReferenceVLA(nn.Module):
         out = self.backbone(inputs_embeds=embeds, attention_mask=attend.long(), output_hidden_states=True)
         per_layer = out.hidden_states[1:]  # L x [B, S, D]; [0] is the embedding output
         action_hidden = torch.stack([h[:, -c.chunk_len :] for h in per_layer], dim=1)  # [B, L, H, D]
-        return out.last_hidden_state, context_valid, action_hidden
+        context = out.hidden_states[c.context_layer]  # [-1] is last_hidden_state, after the final norm
+        return context, context_valid, action_hidden
 
     # ------------------------------------------------------------------ Proposer
     def propose(self, observations: Sequence[Observation]) -> Proposals:
