@@ -11,8 +11,8 @@ to k tokens with an MLP instead (fewer tokens, slower to learn object selection)
 The H action queries are learned embeddings decoded in parallel (one token per chunk step).
 Applying the same head to the action-query hidden states of *every* layer gives the "layer
 actions" (SEEDS.md section 3): poor chunks from early layers, the policy's own from the last.
-The context for the energy head is the last layer's hidden states (or `context_layer`'s); state, image and
-instruction tokens are valid, padding and action queries are not (the seed's mask).
+The context for the energy head is the last layer's hidden states (or config.context_layer's);
+state, image and instruction tokens are valid, padding and action queries are not (the seed's mask).
 
 The sequence length is fixed by the config (instructions are padded or cut to
 `max_text_len` bytes), so every observation gives the same S. Configs: `ReferenceConfig.preset
@@ -64,7 +64,7 @@ class ReferenceConfig:
     head_blocks: int = 2  # MLPResNet blocks in the L1 action head
     head_hidden: int = 128  # MLPResNet width of the action head
     # Hidden states the energy head reads: index into [embeddings, layer 1, ..., layer L]; -1 = the
-    # last layer (the seed's). Earlier ones make the head's errors less like the policy's (notes).
+    # last layer (the seed's). Earlier layers are a research option: no gain measured yet (README).
     context_layer: int = -1
 
     def __post_init__(self) -> None:
