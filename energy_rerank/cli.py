@@ -20,6 +20,24 @@ SUBCOMMANDS = (
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help, except where X is None: there the option is
+    unset (the preset's or config's value applies) and its help says so in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """argparse type for "0.1,0.3,0.5"; a bad value is a usage error naming the flag."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="energy-rerank",

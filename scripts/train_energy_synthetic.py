@@ -17,7 +17,7 @@ from pathlib import Path
 from energy_rerank.candidates import SamplerConfig
 from energy_rerank.training.bc import BCConfig
 from energy_rerank.training.config import preset
-from energy_rerank.training.losses import LossConfig, NegativesConfig
+from energy_rerank.training.losses import LOSS_PRESETS, LossConfig, NegativesConfig
 from energy_rerank.training.synthetic_pipeline import SyntheticPipelineConfig, run_synthetic_pipeline
 
 LOSSES = {
@@ -26,15 +26,7 @@ LOSSES = {
         listwise_temperature=0.01,
         negatives=NegativesConfig(noise_sigmas=(0.05, 0.1, 0.3), sampler_candidates=16),
     ),
-    # Ranking among what the server will actually rank, against the true L1 (measured: share -0.76
-    # instead of -1.31 at 2000 steps; scripts/rerank_diagnostics.py).
-    "listwise": LossConfig(
-        inbatch_weight=0.1,
-        negatives_weight=0.1,
-        listwise_weight=1.0,
-        listwise_temperature=0.02,
-        negatives=NegativesConfig(noise_sigmas=(), shuffled=0, other_samples=0, sampler_candidates=48),
-    ),
+    "listwise": LOSS_PRESETS["listwise"],
 }
 
 
@@ -51,6 +43,7 @@ def main() -> None:
     ap.add_argument("--heldout-episodes", type=int, default=12, help="held-out episodes (another seed) evaluated")
     ap.add_argument("--context-layer", type=int, default=-1,
                     help="policy hidden states the head reads: 0 = token embeddings, -1 = last layer (default)")  # fmt: skip
+    ap.add_argument("--seed", type=int, default=0, help="seed of the policy's init and of the energy head's training")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.02, 0.05, 0.1], help="sampler noise sigmas")
     ap.add_argument("--gripper-mode", default="flip", choices=("keep", "flip", "vote"), help="sampler gripper mode")
     ap.add_argument("--loss", default="mixed", choices=tuple(LOSSES),
@@ -61,6 +54,7 @@ def main() -> None:
     energy = preset("tiny-reference")
     energy = energy.replace(
         steps=args.energy_steps,
+        seed=args.seed,
         eval_every=max(1, args.energy_steps),
         sampler=sampler,
         loss=LOSSES[args.loss],
@@ -75,6 +69,7 @@ def main() -> None:
         num_candidates=args.candidates,
         heldout_episodes=args.heldout_episodes,
         context_layer=args.context_layer,
+        seed=args.seed,
     )
     result = run_synthetic_pipeline(args.out, cfg)
     shown = {k: v for k, v in result.items() if k not in ("policy", "model")}

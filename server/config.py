@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import energy_rerank
-from energy_rerank.candidates import MAX_CANDIDATES
+from energy_rerank.candidates import MAX_CANDIDATES, SamplerConfig
 from energy_rerank.kernels.triton_support import FP32_PRECISIONS
 from energy_rerank.reranker import check_switch_margin
 from energy_rerank.server.batcher import BatchConfig
@@ -36,6 +36,9 @@ class ServerConfig:
     # 0 = plain argmin, inf = never; None = the energy bundle's selection.json (written by
     # `energy-rerank eval offline --write-margin`), or 0 when it has none
     switch_margin: float | None = None
+    # how candidates are built around the policy's chunk (noise sigmas, gripper variants); serve
+    # with what the head was trained (`train --sigmas --gripper-mode`) and evaluated with
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     max_message_bytes: int = 4 * 1024 * 1024  # larger requests get RESOURCE_EXHAUSTED (gRPC's default)
     auth_token: str | None = None  # bearer token required on every call but health; None = no auth
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key enables TLS

@@ -46,7 +46,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
             onnx_path=str(config.onnx_path) if config.onnx_path else None,
             fp32_precision=config.fp32_precision,
         ),
-        CandidateSampler.for_policy(proposer),
+        CandidateSampler.for_policy(proposer, config.sampler),
         model_version=version,
         max_candidates=config.max_candidates,
         switch_margin=switch_margin_for(config, config.energy_path),

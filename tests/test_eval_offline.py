@@ -115,11 +115,14 @@ def test_switch_margin_calibration(windows, scorer):
     if scorer == "perfect":
         assert cal["margin"] < float("inf")
         assert held["margin@16"] == pytest.approx(res.l1["oracle@16"][odd].mean())
+        assert held["oracle@16"] == pytest.approx(res.l1["oracle@16"][odd].mean())
+        assert held["margin_share@16"] == pytest.approx(1.0)
         assert held["switched@16"] > 0.5
     else:
         assert held["rerank@16"] > held["base"]  # the unguarded head does harm
         assert cal["margin"] == float("inf")
         assert held["margin@16"] == pytest.approx(held["base"]) and held["switched@16"] == 0.0
+        assert held["margin_share@16"] == 0.0 and held["margin_gain_se@16"] == 0.0
 
 
 def test_cli_records_the_margin_in_the_bundle(windows, tmp_path):
@@ -187,3 +190,11 @@ def test_libero_train_policy_holds_out_last_demo_per_file(tmp_path, capsys):
     assert summary["train_windows"] == len(range(0, eps[0].length, 10))
     policy = ReferenceVLA.load(tmp_path / "policy")
     assert policy.config.lowdim_dim == 22 and policy.stats is not None
+
+
+def test_gain_standard_error_is_over_episodes():
+    from energy_rerank.evaluation.margin import episode_se
+
+    # Two episodes, steps identical within each: the step-level se would be 0.58, the episode-level 1.0.
+    assert episode_se(np.array([1.0, 1.0, 3.0, 3.0]), np.array([0, 0, 1, 1])) == pytest.approx(1.0)
+    assert episode_se(np.array([1.0, 2.0]), np.array([5, 5])) == 0.0  # one episode: no spread to measure

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from energy_rerank.cli import main as cli_main
@@ -109,3 +110,26 @@ def test_cli_debug_preset_writes_a_loadable_bundle(tmp_path: Path, capsys) -> No
     with torch.no_grad():
         e = model.score(model.encode_context(batch.context, batch.valid), batch.layer_actions)
     assert e.shape == (4, batch.layer_actions.shape[1]) and bool(torch.isfinite(e).all())
+
+
+def test_cli_loss_and_sampler_flags_reach_the_config(tmp_path: Path) -> None:
+    import argparse
+
+    from energy_rerank.candidates import SamplerConfig
+    from energy_rerank.training.cli import add_parser, build_config
+    from energy_rerank.training.losses import LOSS_PRESETS
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+
+    def config(*flags: str):
+        return build_config(parser.parse_args(["train", "--preset", "tiny-reference", "--out", str(tmp_path), *flags]))
+
+    plain = config()
+    assert plain.loss == preset("tiny-reference").loss and plain.sampler == SamplerConfig()
+    cfg = config("--loss", "listwise", "--sigmas", "0.02,0.05", "--gripper-mode", "flip", "--tau", "2")
+    assert cfg.loss.listwise_weight == LOSS_PRESETS["listwise"].listwise_weight > 0
+    assert cfg.loss.negatives == LOSS_PRESETS["listwise"].negatives and cfg.loss.tau == 2.0  # --tau still applies
+    assert cfg.sampler == SamplerConfig(sigmas=(0.02, 0.05), gripper_mode="flip")
+    with pytest.raises(SystemExit):
+        config("--sigmas", "0.1,x")

@@ -20,8 +20,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from energy_rerank.cli import HelpFormatter, float_list
 from energy_rerank.config import config_from_dict
 from energy_rerank.training.config import MODES, PRESETS, TrainConfig, preset
+from energy_rerank.training.losses import LOSS_PRESETS
 
 
 def add_parser(subparsers: Any) -> None:
@@ -33,7 +35,7 @@ def add_parser(subparsers: Any) -> None:
             "with the reference policy (joint = full phase separation; alternating; monitor-only). "
             "Writes <out>/energy_head (server bundle), checkpoints, TensorBoard logs and summary.json."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="starting configuration")
@@ -46,6 +48,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="samples per step per rank")
     p.add_argument("--lr", type=float, help="peak learning rate of the energy head")
+    p.add_argument("--loss", choices=sorted(LOSS_PRESETS),
+                   help="loss terms: infonce (the seed's: expert vs negatives) or listwise (rank the server's own "
+                        "candidates by their L1 to the expert; use it for heads that will rerank) (default: the preset's)")  # fmt: skip
+    p.add_argument("--gripper-mode", choices=("keep", "flip", "vote"),
+                   help="gripper of the sampler candidates used as negatives; match what eval/serve will use "
+                        "(default: the preset's)")  # fmt: skip
+    p.add_argument("--sigmas", type=float_list, help="noise sigmas of those sampler candidates, e.g. '0.1,0.3,0.5' (default: the preset's)")
     p.add_argument("--tau", type=float, help="InfoNCE temperature")
     p.add_argument("--adaptive-tau", action="store_true", help="tau = max(tau, 2 std(E))")
     p.add_argument("--activation", choices=("softplus", "sigmoid", "identity"), help="energy activation")
@@ -60,7 +69,7 @@ def add_parser(subparsers: Any) -> None:
         help="run a frozen policy over a dataset once into a feature cache",
         description="Run a frozen reference policy over synthetic-task windows and store context, mask, "
         "layer actions, base and expert chunks in safetensors shards.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     c.add_argument("--policy", required=True, type=Path, help="reference policy bundle")
     c.add_argument("--out", required=True, type=Path, help="cache directory (must not exist)")
@@ -88,6 +97,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     data = {"cache_dir": args.cache} if args.cache else {}
     if args.batch_size is not None:
         data["batch_size"] = args.batch_size
+    base_loss = LOSS_PRESETS[args.loss] if args.loss else cfg.loss
+    sampler: dict[str, Any] = {}
+    if args.gripper_mode:
+        sampler["gripper_mode"] = args.gripper_mode
+    if args.sigmas:
+        sampler["sigmas"] = args.sigmas
     loss: dict[str, Any] = {}
     if args.tau is not None:
         loss["tau"] = args.tau
@@ -96,7 +111,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return cfg.replace(
         **top,
         data=dataclasses.replace(cfg.data, **data),
-        loss=dataclasses.replace(cfg.loss, **loss),
+        loss=dataclasses.replace(base_loss, **loss),
+        sampler=dataclasses.replace(cfg.sampler, **sampler),
         optim=dataclasses.replace(cfg.optim, lr=args.lr) if args.lr is not None else cfg.optim,
         energy=dataclasses.replace(cfg.energy, activation=args.activation) if args.activation else cfg.energy,
     )

@@ -90,6 +90,24 @@ class LossConfig:
             raise ValueError(f"schedule must be 'fixed' or 'mixed', got {self.schedule!r}")
 
 
+# Named losses for the command lines (`energy-rerank train --loss`, scripts/train_energy_synthetic.py).
+LOSS_PRESETS: dict[str, LossConfig] = {
+    # The seed's InfoNCE family: in-batch plus explicit negatives (layer chunks, noise around the
+    # expert, shuffled and other samples' chunks). Teaches "the expert beats everything".
+    "infonce": LossConfig(),
+    # Ranking among what the server will rank (48 sampler candidates around the base chunk plus the
+    # layer chunks) against their true L1 to the expert, with a little InfoNCE to keep the expert
+    # lowest. Every head measured to beat its base chunk was trained with it (README, Results).
+    "listwise": LossConfig(
+        inbatch_weight=0.1,
+        negatives_weight=0.1,
+        listwise_weight=1.0,
+        listwise_temperature=0.02,
+        negatives=NegativesConfig(noise_sigmas=(), shuffled=0, other_samples=0, sampler_candidates=48),
+    ),
+}
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar, differentiable

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from energy_rerank.cli import HelpFormatter, float_list
+
 
 def add_parser(subparsers: Any) -> None:
     ev = subparsers.add_parser("eval", help="evaluate reranking (offline on recorded episodes)")
@@ -25,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
             "is lower by more than it) on even episodes at N = --margin-n and reports it on odd ones. "
             "Writes report.json, error_vs_n.png and energy_hist.png to --out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--rollouts", nargs="+", required=True, help="LIBERO .hdf5 files or LeRobot .parquet files"
@@ -34,21 +36,21 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--energy", required=True, help="energy head bundle directory (energy-rerank train)")
     p.add_argument("--out", required=True, help="output directory for report.json and the plots")
     p.add_argument(
-        "--demos", default="", help="demo indices to evaluate per file, e.g. '16-19' (held out); default all"
+        "--demos", default="all", help="demo indices to evaluate per file, e.g. '16-19' (held out), or 'all'"
     )
     p.add_argument("--ns", default="1,4,16,64,256", help="candidate counts N to report")
     p.add_argument("--stride", type=int, default=1, help="evaluate every stride-th step of each episode")
     p.add_argument("--batch", type=int, default=32, help="observations per policy/scorer call")
     p.add_argument("--seed", type=int, default=0, help="candidate seed (window i uses seed + i)")
     p.add_argument("--sigma-scale", type=float, default=1.0, help="multiplies the sampler's noise sigmas")
-    p.add_argument("--sigmas", default="0.1,0.3,0.5", help="sampler noise sigma schedule (normalised units)")
+    p.add_argument("--sigmas", type=float_list, default="0.1,0.3,0.5", help="sampler noise sigma schedule (normalised units)")
     p.add_argument(
         "--gripper-mode", default="keep", choices=("keep", "flip", "vote"), help="noise candidates' gripper"
     )
     p.add_argument(
         "--margin-n",
         type=int,
-        help="N at which the switch margin is calibrated, one of --ns; None = 64 if listed, else the largest",
+        help="N at which the switch margin is calibrated, one of --ns (default: 64 if listed, else the largest)",
     )
     p.add_argument(
         "--write-margin",
@@ -84,11 +86,11 @@ def _offline(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     model = EnergyModel.from_pretrained(args.energy)
     images = bool(policy.description.cameras)
-    demos = _ints(args.demos, "--demos") if args.demos else None
+    demos = None if args.demos in ("", "all") else _ints(args.demos, "--demos")
     windows, tasks = load_windows(args.rollouts, policy.description.chunk_len, demos, args.stride, images)
     sampler = CandidateSampler.for_policy(
         policy,
-        SamplerConfig(sigmas=tuple(float(s) for s in args.sigmas.split(",")), gripper_mode=args.gripper_mode),
+        SamplerConfig(sigmas=args.sigmas, gripper_mode=args.gripper_mode),
     )
     cfg = OfflineConfig(
         ns=_ints(args.ns, "--ns"), batch=args.batch, seed=args.seed, sigma_scale=args.sigma_scale
@@ -158,7 +160,7 @@ def add_libero_parser(sub: Any) -> None:
             "version and switch margin) and success.png to --out. "
             "Start the server first, e.g. `energy-rerank serve --policy P --energy E --address 127.0.0.1:50051`."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
     p.add_argument("--suite", default="libero_object", help="LIBERO suite")

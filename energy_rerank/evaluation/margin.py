@@ -29,6 +29,12 @@ def chosen_l1(res: StepResults, n: int, margin: float) -> tuple[np.ndarray, np.n
     return res.candidate_l1[rows, np.where(switched, best, 0)], switched
 
 
+def episode_se(values: np.ndarray, episode: np.ndarray) -> float:
+    """Standard error of the mean of per-step values [W], clustered by episode [W]."""
+    means = np.array([values[episode == e].mean() for e in np.unique(episode)])
+    return float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else 0.0
+
+
 def calibrate(res: StepResults, n: int, ns: list[int]) -> dict[str, Any]:
     """Pick the margin on even episodes at N = n; report every N in ns on odd episodes with it."""
     calib = res.episode % 2 == 0
@@ -43,11 +49,19 @@ def calibrate(res: StepResults, n: int, ns: list[int]) -> dict[str, Any]:
         l1, switched = chosen_l1(res, n, m)
         sweep.append({"margin": m, "l1": float(l1[calib].mean()), "switched": float(switched[calib].mean())})
     best = min(sweep, key=lambda r: (r["l1"], -r["margin"]))  # lowest error, then the most conservative
-    held_out: dict[str, Any] = {"steps": int(test.sum()), "base": float(res.candidate_l1[test, 0].mean())}
+    base = res.candidate_l1[test, 0]  # [W_test]
+    held_out: dict[str, Any] = {"steps": int(test.sum()), "base": float(base.mean())}
     for k in ns:
         plain, _ = chosen_l1(res, k, 0.0)
         guarded, switched = chosen_l1(res, k, best["margin"])
+        oracle = float(res.candidate_l1[test, :k].min(axis=1).mean())
+        gain = base - guarded[test]  # [W_test] per-step improvement over the policy's chunk
         held_out[f"rerank@{k}"] = float(plain[test].mean())
         held_out[f"margin@{k}"] = float(guarded[test].mean())
         held_out[f"switched@{k}"] = float(switched[test].mean())
+        held_out[f"oracle@{k}"] = oracle
+        # Share of the oracle's gain the guarded selection recovers, and the standard error of the gain
+        # over episodes (steps of one episode are not independent; episodes are).
+        held_out[f"margin_share@{k}"] = float(gain.mean() / (base.mean() - oracle)) if base.mean() > oracle else 0.0
+        held_out[f"margin_gain_se@{k}"] = episode_se(gain, res.episode[test])
     return {"n": n, "margin": best["margin"], "sweep": sweep, "held_out": held_out}

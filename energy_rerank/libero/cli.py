@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from energy_rerank.cli import HelpFormatter
+
 
 def add_parser(subparsers: Any) -> None:
     libero = subparsers.add_parser(
@@ -23,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
             "states, ...), plus demo_report.json with the expert's success rate per task. Tasks whose goal "
             "is not a single pick-and-place (e.g. 'open the drawer') are skipped and listed as such."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     demos.add_argument(
         "--suite", default="libero_object", help="libero_object, libero_spatial or libero_goal"
@@ -50,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
             "instruction text) on LIBERO HDF5 demos with the project's BC trainer; the last --val-demos demos "
             "of --demos are held out for validation. Writes a policy bundle to --out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _rollout_args(bc)
     bc.add_argument("--size", default="tiny", choices=("tiny", "small"), help="reference policy preset")
@@ -78,7 +80,7 @@ def add_parser(subparsers: Any) -> None:
         help="run a frozen policy over LIBERO demos into a feature cache for `energy-rerank train --cache`",
         description="Run a frozen policy bundle over every window of the selected LIBERO demos and write a "
         "feature cache (context, mask, layer actions, base and expert chunks; stats in its meta).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _rollout_args(cache)
     cache.add_argument("--policy", required=True, help="policy bundle directory")
@@ -88,7 +90,7 @@ def add_parser(subparsers: Any) -> None:
 
 def _rollout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rollouts", nargs="+", required=True, help="LIBERO .hdf5 demo files")
-    p.add_argument("--demos", default="", help="demo indices used from every file, e.g. '0-9' (default: all)")
+    p.add_argument("--demos", default="all", help="demo indices used from every file, e.g. '0-9', or 'all'")
     p.add_argument("--stride", type=int, default=1, help="use every stride-th step")
     p.add_argument("--out", required=True, help="output directory")
 
@@ -135,7 +137,7 @@ def _train_policy(args: argparse.Namespace) -> int:
     from energy_rerank.rollouts.windows import LOWDIM_DIM, load_windows
     from energy_rerank.training.bc import BCConfig, fit_stats, train_bc
 
-    demos = parse_tasks(args.demos) if args.demos else None
+    demos = None if args.demos in ("", "all") else parse_tasks(args.demos)
     windows, _ = load_windows(args.rollouts, args.chunk_len, demos, args.stride)
     # Hold out the last --val-demos demos of every file (per task), by demo index inside its file.
     steps_per_ep = np.bincount(windows.episode)
@@ -195,7 +197,7 @@ def _cache_features(args: argparse.Namespace) -> int:
     from energy_rerank.training.policy_data import cache_policy_features
 
     policy = ReferenceVLA.load(args.policy)
-    demos = parse_tasks(args.demos) if args.demos else None
+    demos = None if args.demos in ("", "all") else parse_tasks(args.demos)
     windows, tasks = load_windows(args.rollouts, policy.config.chunk_len, demos, args.stride)
     meta = {
         "task": "libero",
