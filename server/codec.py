@@ -221,4 +221,6 @@ def encode_model_info(r: Reranker, default_candidates: int, max_batch: int) -> p
         scorer_backend=r.scorer.name,
         max_batch=max_batch,
         switch_margin=r.switch_margin,
+        sampler_sigmas=list(r.sampler.config.sigmas),
+        gripper_mode=r.sampler.config.gripper_mode,
     )

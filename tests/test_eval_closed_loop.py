@@ -104,4 +104,6 @@ def test_episode_end_to_end_through_real_server(tmp_path):
         assert setting["fallbacks"] == 0
     assert report["settings"]["N=1"]["reranked_share"] == 0.0  # one candidate: always the policy's own
     assert report["server"]["switch_margin"] == math.inf and "+energy@" in report["server"]["model_version"]
+    assert report["server"]["gripper_mode"] == "keep"  # serve's defaults, as GetModelInfo reports them
+    assert report["server"]["sampler_sigmas"] == pytest.approx([0.1, 0.3, 0.5])
     assert report["settings"]["N=4"]["reranked_share"] == 0.0  # margin inf: never leaves the policy's chunk

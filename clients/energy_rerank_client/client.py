@@ -115,6 +115,8 @@ class ModelInfo:
     scorer_backend: str
     max_batch: int
     switch_margin: float  # energy gain needed to leave the policy's chunk when a request does not say
+    sampler_sigmas: tuple[float, ...]  # noise sigma schedule of the candidates, normalised action units
+    gripper_mode: str  # gripper rule of the noise candidates: "keep", "flip" or "vote"
     raw: Any = field(repr=False, default=None)  # the ModelInfo message itself
 
 
@@ -210,6 +212,8 @@ def model_info(m: pb.ModelInfo) -> ModelInfo:
         scorer_backend=m.scorer_backend,
         max_batch=m.max_batch,
         switch_margin=m.switch_margin,
+        sampler_sigmas=tuple(m.sampler_sigmas),
+        gripper_mode=m.gripper_mode,
         raw=m,
     )
 

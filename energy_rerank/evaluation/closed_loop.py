@@ -70,6 +70,8 @@ def run_closed_loop(
         "model_version": info.model_version,
         "scorer_backend": info.scorer_backend,
         "switch_margin": info.switch_margin,
+        "sampler_sigmas": list(info.sampler_sigmas),
+        "gripper_mode": info.gripper_mode,
         "default_candidates": info.default_candidates,
     }
     rows: list[dict[str, Any]] = []
