@@ -60,7 +60,10 @@ class RetryPolicy:
     initial_backoff: float = 0.05  # seconds before the first retry
     max_backoff: float = 1.0  # cap on one wait
     multiplier: float = 2.0  # growth of the wait per retry
-    retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)  # codes worth retrying
+    # Codes worth retrying. CANCELLED too: a server shutting down cancels calls it had received but not
+    # yet handed to a handler (grpc/grpc#41785), and every call here is safe to repeat. A call this
+    # client cancels itself never reaches the retry loop.
+    retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
     def backoff(self, retry: int) -> float:
         """Full jitter (AWS style): replicas restarting together are not hit in lockstep."""

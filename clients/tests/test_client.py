@@ -128,6 +128,15 @@ def test_retries_on_unavailable_then_succeeds(fake):
     assert svc.calls == 3
 
 
+def test_retries_a_call_the_server_cancelled(fake):
+    # What a draining server sends for calls it had not yet started (grpc/grpc#41785).
+    svc, target = fake
+    svc.fail_next = [grpc.StatusCode.CANCELLED]
+    with RerankClient(target, retry=FAST_RETRY) as c:
+        assert c.info().chunk_len == H
+    assert svc.calls == 2
+
+
 def test_gives_up_after_attempts(fake):
     svc, target = fake
     svc.fail_next = [grpc.StatusCode.UNAVAILABLE] * 10
