@@ -1,6 +1,8 @@
 """Bundle directories: config.json + model.safetensors (+ stats.json). No pickle, ever.
 
-An energy bundle may also carry selection.json, the switch margin `energy-rerank eval offline
+An energy bundle records the candidate sampler its head was trained to rank (config.json "extra":
+"sampler"); `serve` and `eval offline` build candidates that way unless told otherwise. It may
+also carry selection.json, the switch margin `energy-rerank eval offline
 --write-margin` calibrated for it; the server uses it unless told otherwise. Saving a bundle
 anew drops it: new weights need a new calibration.
 
@@ -11,6 +13,7 @@ describes and names each mismatch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from energy_rerank.candidates import SamplerConfig
 from energy_rerank.config import config_from_dict, config_to_dict
 from energy_rerank.normalize import STATS_FILE, NormStats
 
@@ -82,6 +86,20 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
     return meta
+
+
+def bundle_sampler(
+    path: str | Path, sigmas: tuple[float, ...] | None = None, gripper_mode: str | None = None
+) -> SamplerConfig:
+    """The candidate sampler to serve or evaluate an energy head with: the one it was trained with
+    (SamplerConfig() for a bundle without the record), with the fields given here overriding it."""
+    recorded = read_bundle_meta(path).get("extra", {}).get("sampler")
+    try:
+        base = SamplerConfig() if recorded is None else config_from_dict(SamplerConfig, recorded)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{path}/{CONFIG_FILE}: extra.sampler: {e}") from e
+    changes: dict[str, Any] = {"sigmas": sigmas, "gripper_mode": gripper_mode}
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
 def write_switch_margin(path: str | Path, margin: float, calibration: dict[str, Any]) -> Path:

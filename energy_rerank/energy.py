@@ -181,10 +181,10 @@ class EnergyModel(nn.Module):
         return self.activate(raw).mean(-1)
 
     # ------------------------------------------------------------------ bundles
-    def save_pretrained(self, path: str | Path, stats: Any = None) -> Path:
+    def save_pretrained(self, path: str | Path, stats: Any = None, extra: dict[str, Any] | None = None) -> Path:
         from energy_rerank.checkpoint import save_bundle
 
-        return save_bundle(path, "energy_model", self.config, self, stats=stats)
+        return save_bundle(path, "energy_model", self.config, self, stats=stats, extra=extra)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> EnergyModel:

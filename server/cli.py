@@ -9,7 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-from energy_rerank.candidates import SamplerConfig
 from energy_rerank.checkpoint import BundleError
 from energy_rerank.cli import float_list
 from energy_rerank.kernels.scorer import BACKENDS
@@ -71,12 +70,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="energy gain a candidate needs to replace the policy's own chunk when a request does not "
                         "say; 0 = plain argmin, inf = never rerank (default: the margin `energy-rerank eval offline "
                         "--write-margin` recorded in the energy bundle, else 0)")  # fmt: skip
-    g.add_argument("--sigmas", type=float_list, default=",".join(str(s) for s in d.sampler.sigmas),
-                   help="noise sigmas of the candidates around the policy's chunk, normalised units; use the head's "
-                        "training values (default: %(default)s)")  # fmt: skip
-    g.add_argument("--gripper-mode", default=d.sampler.gripper_mode, choices=("keep", "flip", "vote"),
+    g.add_argument("--sigmas", type=float_list,
+                   help="noise sigmas of the candidates around the policy's chunk, normalised units, e.g. "
+                        "0.1,0.3,0.5 (default: what the energy head was trained with)")  # fmt: skip
+    g.add_argument("--gripper-mode", choices=("keep", "flip", "vote"),
                    help="noise candidates' gripper: keep the policy's, flip from a random step, or the layer "
-                        "chunks' vote (default: %(default)s)")  # fmt: skip
+                        "chunks' vote (default: what the energy head was trained with)")  # fmt: skip
     g = p.add_argument_group("network")
     g.add_argument(
         "--address", default=d.address, help="host:port to bind, port 0 = any free (default: %(default)s)"
@@ -121,7 +120,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_candidates=args.max_candidates,
         default_candidates=args.default_candidates,
         switch_margin=args.switch_margin,
-        sampler=SamplerConfig(sigmas=args.sigmas, gripper_mode=args.gripper_mode),
+        sigmas=args.sigmas,
+        gripper_mode=args.gripper_mode,
         max_message_bytes=int(args.max_message_mb * 2**20),
         auth_token=token,
         tls_cert=args.tls_cert,

@@ -36,9 +36,11 @@ class ServerConfig:
     # 0 = plain argmin, inf = never; None = the energy bundle's selection.json (written by
     # `energy-rerank eval offline --write-margin`), or 0 when it has none
     switch_margin: float | None = None
-    # how candidates are built around the policy's chunk (noise sigmas, gripper variants); serve
-    # with what the head was trained (`train --sigmas --gripper-mode`) and evaluated with
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # how noise candidates are built around the policy's chunk; None = what the energy head was
+    # trained to rank (its bundle's record, `train --sigmas --gripper-mode`; SamplerConfig's
+    # defaults for bundles without one). A value here overrides the head's.
+    sigmas: tuple[float, ...] | None = None  # noise sigma schedule, normalised action units
+    gripper_mode: str | None = None  # "keep", "flip" or "vote" (see energy_rerank.candidates)
     max_message_bytes: int = 4 * 1024 * 1024  # larger requests get RESOURCE_EXHAUSTED (gRPC's default)
     auth_token: str | None = None  # bearer token required on every call but health; None = no auth
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key enables TLS
@@ -56,6 +58,8 @@ class ServerConfig:
             )
         if self.switch_margin is not None:
             check_switch_margin(self.switch_margin, "switch_margin")
+        overrides = {"sigmas": self.sigmas, "gripper_mode": self.gripper_mode}
+        SamplerConfig(**{k: v for k, v in overrides.items() if v is not None})  # raises on bad values
         if self.fp32_precision not in FP32_PRECISIONS:
             raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {self.fp32_precision!r}")
         if (self.tls_cert is None) != (self.tls_key is None):

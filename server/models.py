@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from energy_rerank.candidates import CandidateSampler
-from energy_rerank.checkpoint import CONFIG_FILE, WEIGHTS_FILE, BundleError, read_switch_margin
+from energy_rerank.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    bundle_sampler,
+    read_switch_margin,
+)
 from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.cuda_graphs import GraphedScorer
 from energy_rerank.kernels.scorer import make_scorer
@@ -46,7 +52,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
             onnx_path=str(config.onnx_path) if config.onnx_path else None,
             fp32_precision=config.fp32_precision,
         ),
-        CandidateSampler.for_policy(proposer, config.sampler),
+        CandidateSampler.for_policy(proposer, bundle_sampler(config.energy_path, config.sigmas, config.gripper_mode)),
         model_version=version,
         max_candidates=config.max_candidates,
         switch_margin=switch_margin_for(config, config.energy_path),
@@ -67,7 +73,7 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
     return Reranker(
         current.proposer,
         make_scorer(energy, config.backend, fp32_precision=config.fp32_precision),
-        current.sampler,
+        CandidateSampler.for_policy(current.proposer, bundle_sampler(path, config.sigmas, config.gripper_mode)),
         stats=current.stats,
         model_version=f"{policy_part}+energy@{bundle_digest(path)}",
         max_candidates=current.max_candidates,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from energy_rerank.checkpoint import bundle_sampler
 from energy_rerank.cli import main as cli_main
 from energy_rerank.energy import EnergyModel
 from energy_rerank.training.cache import FeatureBatch, InMemoryFeatures
@@ -99,9 +100,11 @@ def test_monitor_only_trains_nothing(tmp_path: Path) -> None:
 
 def test_cli_debug_preset_writes_a_loadable_bundle(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert cli_main(["train", "--debug", "--out", str(out), "--steps", "20"]) == 0
+    assert cli_main(["train", "--debug", "--out", str(out), "--steps", "20", "--gripper-mode", "flip"]) == 0
     model = EnergyModel.from_pretrained(out / BUNDLE_DIR)
     assert model.config == preset("debug").energy
+    # the head carries the candidate sampler it was trained with; serve and eval offline default to it
+    assert bundle_sampler(out / BUNDLE_DIR) == dataclasses.replace(preset("debug").sampler, gripper_mode="flip")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 20 and summary["skipped_steps"] == 0
     line = capsys.readouterr().out

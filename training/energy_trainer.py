@@ -334,7 +334,9 @@ class EnergyTrainer:
         """Rank 0 writes the bundle the server loads, the config and the summary."""
         if self.info.is_main:
             self.model.eval()
-            self.model.save_pretrained(self.out / BUNDLE_DIR, stats=self.stats)
+            # The sampler goes with the head: it ranks well only the kind of candidates it trained on.
+            extra = {"sampler": config_to_dict(self.config.sampler)}
+            self.model.save_pretrained(self.out / BUNDLE_DIR, stats=self.stats, extra=extra)
             (self.out / "train_config.json").write_text(json.dumps(config_to_dict(self.config), indent=2))
             (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
         barrier(self.info)

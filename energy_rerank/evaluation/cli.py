@@ -43,10 +43,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--batch", type=int, default=32, help="observations per policy/scorer call")
     p.add_argument("--seed", type=int, default=0, help="candidate seed (window i uses seed + i)")
     p.add_argument("--sigma-scale", type=float, default=1.0, help="multiplies the sampler's noise sigmas")
-    p.add_argument("--sigmas", type=float_list, default="0.1,0.3,0.5", help="sampler noise sigma schedule (normalised units)")
-    p.add_argument(
-        "--gripper-mode", default="keep", choices=("keep", "flip", "vote"), help="noise candidates' gripper"
-    )
+    p.add_argument("--sigmas", type=float_list,
+                   help="sampler noise sigma schedule, normalised units, e.g. 0.1,0.3,0.5 (default: what the "
+                        "energy head was trained with)")  # fmt: skip
+    p.add_argument("--gripper-mode", choices=("keep", "flip", "vote"),
+                   help="noise candidates' gripper (default: what the energy head was trained with)")  # fmt: skip
     p.add_argument(
         "--margin-n",
         type=int,
@@ -74,8 +75,8 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 def _offline(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from energy_rerank.candidates import CandidateSampler, SamplerConfig
-    from energy_rerank.checkpoint import write_switch_margin
+    from energy_rerank.candidates import CandidateSampler
+    from energy_rerank.checkpoint import bundle_sampler, write_switch_margin
     from energy_rerank.energy import EnergyModel
     from energy_rerank.evaluation.offline import OfflineConfig, evaluate_windows
     from energy_rerank.evaluation.report import build_report, write_report
@@ -88,10 +89,7 @@ def _offline(args: argparse.Namespace) -> int:
     images = bool(policy.description.cameras)
     demos = None if args.demos in ("", "all") else _ints(args.demos, "--demos")
     windows, tasks = load_windows(args.rollouts, policy.description.chunk_len, demos, args.stride, images)
-    sampler = CandidateSampler.for_policy(
-        policy,
-        SamplerConfig(sigmas=args.sigmas, gripper_mode=args.gripper_mode),
-    )
+    sampler = CandidateSampler.for_policy(policy, bundle_sampler(args.energy, args.sigmas, args.gripper_mode))
     cfg = OfflineConfig(
         ns=_ints(args.ns, "--ns"), batch=args.batch, seed=args.seed, sigma_scale=args.sigma_scale
     )
@@ -108,8 +106,8 @@ def _offline(args: argparse.Namespace) -> int:
         "demos": args.demos or "all",
         "stride": args.stride,
         "sampler": {
-            "sigmas": args.sigmas,
-            "gripper_mode": args.gripper_mode,
+            "sigmas": list(sampler.config.sigmas),
+            "gripper_mode": sampler.config.gripper_mode,
             "sigma_scale": args.sigma_scale,
         },
         "seconds": round(time.perf_counter() - t0, 1),
