@@ -145,13 +145,13 @@ def test_cli_records_the_margin_in_the_bundle(windows, tmp_path):
         "--energy",
         str(head),
     ]
-    argv += ["--out", str(tmp_path / "eval"), "--ns", "1,4,16", "--stride", "20", "--write-margin"]
+    argv += ["--out", str(tmp_path / "eval"), "--ns", "1,64,80", "--stride", "20", "--write-margin"]
     with pytest.raises(SystemExit, match="two episodes"):
         main([*argv, "--demos", "1"])  # one episode: nothing to calibrate on, nothing written
     assert read_switch_margin(head) is None
     assert main([*argv, "--demos", "0-1"]) == 0
     rep = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert rep["switch_margin"]["n"] == 16  # 64 is not among --ns: the largest
+    assert rep["switch_margin"]["n"] == 80  # the largest --ns, not 64: the margin must hold up to it
     assert read_switch_margin(head) == rep["switch_margin"]["margin"]
 
 

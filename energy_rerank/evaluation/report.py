@@ -84,17 +84,33 @@ def _plots(report: dict[str, Any], res: StepResults, out: Path) -> list[Path]:
 
     overall = report["overall"]["l1"]
     ns = sorted(int(k.split("@")[1]) for k in overall if k.startswith("rerank@"))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    held = report.get("switch_margin", {}).get("held_out")
+    fig, axes = plt.subplots(1, 2 if held else 1, figsize=(12 if held else 6, 4), squeeze=False)
+    ax = axes[0, 0]
+    color = {"rerank": "C0", "oracle": "C1", "random": "C2", "margin": "C3"}  # same in both panels
     for kind, style in (("rerank", "o-"), ("oracle", "s--"), ("random", "^:")):
         mean = np.array([overall[f"{kind}@{n}"]["mean"] for n in ns])
         se = np.array([overall[f"{kind}@{n}"]["se"] for n in ns])
-        ax.errorbar(ns, mean, yerr=se, fmt=style, capsize=3, label=f"{kind}@N")
+        ax.errorbar(ns, mean, yerr=se, fmt=style, color=color[kind], capsize=3, label=f"{kind}@N")
     ax.axhline(overall["base"]["mean"], color="k", lw=1, label="base (policy alone)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("candidates N")
-    ax.set_ylabel("L1 error vs recorded chunk")
-    ax.set_title("Offline reranking error vs N")
-    ax.legend()
+    ax.set_title("Offline reranking error vs N (all episodes)")
+    if held:
+        # What `serve --switch-margin` would return, on the episodes the margin was not fitted on;
+        # error bars are the episode-clustered SE of the gain over base.
+        hx = axes[0, 1]
+        n_m = report["switch_margin"]["n"]
+        for kind, style in (("rerank", "o-"), ("margin", "D-"), ("oracle", "s--")):
+            mean = np.array([held[f"{kind}@{n}"] for n in ns])
+            err = np.array([held[f"margin_gain_se@{n}"] for n in ns]) if kind == "margin" else None
+            label = f"served with margin (fitted at N={n_m})" if kind == "margin" else f"{kind}@N"
+            hx.errorbar(ns, mean, yerr=err, fmt=style, color=color[kind], capsize=3, label=label)
+        hx.axhline(held["base"], color="k", lw=1, label="base (policy alone)")
+        hx.set_title("Held-out episodes (odd): switch margin")
+    for a in axes[0]:
+        a.set_xscale("log", base=2)
+        a.set_xlabel("candidates N")
+        a.set_ylabel("L1 error vs recorded chunk")
+        a.legend()
     fig.tight_layout()
     p1 = out / "error_vs_n.png"
     fig.savefig(p1, dpi=120)
