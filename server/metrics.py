@@ -53,6 +53,13 @@ class Metrics:
             "fallbacks", "Requests answered with the policy's own chunk because scoring failed.",
             namespace=ns, registry=r,
         )  # fmt: skip
+        # switched / requests{method="SelectAction"} is the live switch rate. Compare it with the
+        # calibration's switched@N in the head's selection.json: far above it, the robot is in states
+        # the margin was not fitted on (LIBERO weak policy: 36% in closed loop vs 15% on demos).
+        self.switched = Counter(
+            "switched", "SelectAction answers that are not the policy's own chunk (chosen index != 0).",
+            namespace=ns, registry=r,
+        )  # fmt: skip
         self.errors = Counter("errors", "Requests answered with an error, by gRPC status code.", ["code"],
                               namespace=ns, registry=r)  # fmt: skip
         self.dropped = Counter(

@@ -52,6 +52,8 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         self.metrics.requests.labels(method="SelectAction").inc()
         if s.fallback:
             self.metrics.fallbacks.inc()
+        if s.index != 0:
+            self.metrics.switched.inc()
         return codec.encode_selection(s, version, timing, done.batch_size)
 
     async def ScoreCandidates(self, request: pb.ScoreCandidatesRequest, context: grpc.aio.ServicerContext):

@@ -4,6 +4,7 @@ random-weight bundles written with the models' own save methods."""
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import threading
@@ -252,8 +253,14 @@ def test_concurrent_clients_are_batched_and_get_their_own_answers(server, client
 
 
 def test_metrics_endpoint_after_traffic(server, client, info):
-    client.select(**observation(info), num_candidates=16)
+    before = metric(metrics(server), "energy_rerank_switched_total")
+    chosen = [client.select(**observation(info, i), num_candidates=16, seed=i, switch_margin=0.0).index
+              for i in range(4)]  # fmt: skip
+    chosen += [client.select(**observation(info, i), num_candidates=16, switch_margin=math.inf).index
+               for i in range(2)]  # fmt: skip
+    assert chosen[4:] == [0, 0] and any(chosen[:4])  # argmin leaves the base chunk at least once here
     text = metrics(server)
+    assert metric(text, "energy_rerank_switched_total") - before == sum(i != 0 for i in chosen)
     for stage in ("validation", "queue", "policy", "candidates", "score", "inference", "total"):
         assert metric(text, "energy_rerank_stage_seconds_count", method="SelectAction", stage=stage) > 0, (
             stage
