@@ -93,12 +93,13 @@ def test_replica_killed_mid_load_every_request_completes(bundle_args):
             work = asyncio.create_task(load(target, options, clients, requests, done))
             while done[0] < clients * requests // 4:  # a quarter through: both replicas are busy
                 await asyncio.sleep(0.01)
+            at_scrape = done[0]
             b_served = await asyncio.to_thread(served, b)
             b.stop(signal.SIGKILL)  # no drain: calls in flight on it fail and are retried
             at_kill = done[0]
-            return await work, b_served, at_kill
+            return await work, b_served, at_scrape, at_kill
 
-        results, b_served, at_kill = asyncio.run(scenario())
+        results, b_served, at_scrape, at_kill = asyncio.run(scenario())
         a_served = served(a)
     flat = [r for rs in results for r in rs]
     print(f"\nreplicas: {len(flat)} answers; killed replica had served {b_served:.0f}, the survivor "
@@ -111,7 +112,11 @@ def test_replica_killed_mid_load_every_request_completes(bundle_args):
     assert CountingClient.retried["UNAVAILABLE"] > 0, (
         "no call failed over: nothing was in flight on the killed one"
     )
-    assert a_served >= clients * requests - b_served  # the survivor answered everything else
+    # The survivor answered everything else. b keeps serving between its scrape and the kill (the load
+    # runs on meanwhile: at most at_kill - at_scrape answers), and an answer b sent just before dying
+    # may still reach its client (at most one in flight per client); a CI run saw 3 such.
+    b_max = b_served + (at_kill - at_scrape) + clients
+    assert a_served >= clients * requests - b_max
 
 
 def test_server_restarted_under_load_clients_reconnect(bundle_args):
