@@ -20,7 +20,7 @@ from energy_rerank.checkpoint import (
 from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.cuda_graphs import GraphedScorer
 from energy_rerank.kernels.scorer import make_scorer
-from energy_rerank.policy.base import Observation, PolicyDescription
+from energy_rerank.policy.base import Observation, PolicyDescription, Proposer
 from energy_rerank.policy.loading import load_policy
 from energy_rerank.reranker import Reranker, SelectParams
 from energy_rerank.server.config import ServerConfig
@@ -52,7 +52,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
             onnx_path=str(config.onnx_path) if config.onnx_path else None,
             fp32_precision=config.fp32_precision,
         ),
-        CandidateSampler.for_policy(proposer, bundle_sampler(config.energy_path, config.sigmas, config.gripper_mode)),
+        sampler_for(config, proposer, config.energy_path),
         model_version=version,
         max_candidates=config.max_candidates,
         switch_margin=switch_margin_for(config, config.energy_path),
@@ -60,8 +60,8 @@ def load_reranker(config: ServerConfig) -> Reranker:
 
 
 def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerConfig) -> Reranker:
-    """The serving reranker with another energy head: same policy, sampler and statistics (the
-    policy's, which normalise the candidates the head scores), a new scorer and version."""
+    """The serving reranker with another energy head: same policy and statistics (the policy's,
+    which normalise the candidates the head scores); the new head's scorer, sampler, margin and version."""
     if config.backend == "onnxruntime":
         raise BundleError("the onnxruntime backend scores an exported file; re-export and restart instead")
     path = Path(energy_path).resolve()  # a symlink flipped during the load must not mix two bundles
@@ -73,12 +73,17 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
     return Reranker(
         current.proposer,
         make_scorer(energy, config.backend, fp32_precision=config.fp32_precision),
-        CandidateSampler.for_policy(current.proposer, bundle_sampler(path, config.sigmas, config.gripper_mode)),
+        sampler_for(config, current.proposer, path),
         stats=current.stats,
         model_version=f"{policy_part}+energy@{bundle_digest(path)}",
         max_candidates=current.max_candidates,
         switch_margin=switch_margin_for(config, path),
     )
+
+
+def sampler_for(config: ServerConfig, proposer: Proposer, energy_path: str | Path) -> CandidateSampler:
+    """Candidates the way this head was trained to rank them, unless the server's flags override."""
+    return CandidateSampler.for_policy(proposer, bundle_sampler(energy_path, config.sigmas, config.gripper_mode))
 
 
 def switch_margin_for(config: ServerConfig, energy_path: str | Path) -> float:
