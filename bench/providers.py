@@ -6,7 +6,10 @@
 - torch_compile: the same function under torch.compile (CUDA graphs on the GPU via
                  mode="reduce-overhead");
 - onnxruntime:   the exported ONNX head (`energy-rerank export --onnx`);
-- triton:        the fused kernel with CUDA graphs (CUDA only).
+- triton:        the fused kernels with CUDA graphs (CUDA only), the plan chosen per bucket by
+                 timing both at capture (chains="auto");
+- triton_fused / triton_layered: the same with the plan pinned: one launch per chain of
+                 hidden-wide layers (6 a call) or one per layer (21), to compare them directly.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from energy_rerank.energy import EnergyModel
 from energy_rerank.scoring import Scorer, TorchScorer
 
-PROVIDERS = ("seed", "torch", "torch_compile", "onnxruntime", "triton")
+PROVIDERS = ("seed", "torch", "torch_compile", "onnxruntime", "triton", "triton_fused", "triton_layered")
 
 
 class SeedScorer:
@@ -58,7 +61,7 @@ class CompiledScorer:
 
 def unavailable_reason(provider: str, device: torch.device) -> str | None:
     """Why a provider cannot run here, or None."""
-    if provider == "triton":
+    if provider.startswith("triton"):
         if device.type != "cuda":
             return "triton needs a CUDA device"
         from energy_rerank.kernels.triton_support import triton_usable
@@ -82,7 +85,9 @@ def build(provider: str, model: EnergyModel, steps: int, workdir: Path | None = 
         "torch": lambda: TorchScorer(model),
         "torch_compile": lambda: CompiledScorer(model),
         "onnxruntime": lambda: _onnx(model, steps, workdir),
-        "triton": lambda: _triton(model),
+        "triton": lambda: _triton(model, "auto"),
+        "triton_fused": lambda: _triton(model, "fused"),
+        "triton_layered": lambda: _triton(model, "layered"),
     }
     if provider not in makers:
         raise ValueError(f"unknown provider {provider!r}; known: {PROVIDERS}")
@@ -100,7 +105,7 @@ def _onnx(model: EnergyModel, steps: int, workdir: Path | None) -> Scorer:
     return OnnxScorer(path, device=next(model.parameters()).device)
 
 
-def _triton(model: EnergyModel) -> Scorer:
+def _triton(model: EnergyModel, chains: str) -> Scorer:
     from energy_rerank.kernels.scorer import make_scorer
 
-    return make_scorer(model, backend="triton", cuda_graphs=True)
+    return make_scorer(model, backend="triton", cuda_graphs=True, chains=chains)

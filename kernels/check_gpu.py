@@ -8,7 +8,9 @@
 3. times the seed architecture (D_h 4096, S 300, H 8, A 7, hidden 512, 8 heads) for the triton
    backend (autotuned, CUDA graphs) against the shared-context eager torch scorer, checks the
    triton energies against the fp32 torch reference on the same inputs, and prints the issue's
-   acceptance lines with the ratio to the FLOP and byte floors. Writes check_gpu.json to --out.
+   acceptance lines with the ratio to the FLOP and byte floors, and which plan (fused chains or
+   one launch per layer) the CUDA-graph capture kept, with both plans' replay times. Writes
+   check_gpu.json to --out.
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ def bench(calls: int, ceilings: dict[str, float]) -> list[dict]:
         args = dict(b=b, n=n, s=SEED_S, d=cfg.context_dim, dtype=dtype, h=SEED_H, a=SEED_A, calls=calls)
         t_triton = time_scorer(triton_scorer, **args)
         t_eager = time_scorer(eager, **args)
+        # the plans' replay times measured when the bucket was captured (cuda_graphs.py)
+        plans = next(iter(getattr(triton_scorer.impl, "plan_times", {}).values()), {})
+        graphs = getattr(triton_scorer.impl, "graphs", {})
+        chosen = next((g.plan for g in graphs.values()), None)
         rate = ceilings["tf32_flops"] if dtype == torch.float32 else ceilings["bf16_flops"]
         floors = score_floors(cfg, b, n, SEED_S, SEED_H, dtype, flop_rate=rate, byte_rate=ceilings["bytes_per_s"])
         rows.append(
@@ -111,6 +117,9 @@ def bench(calls: int, ceilings: dict[str, float]) -> list[dict]:
                 "triton_p90_ms": t_triton.p90_ms,
                 "eager_ms": t_eager.median_ms,
                 "speedup": t_eager.median_ms / t_triton.median_ms,
+                "plan": chosen,
+                "fused_replay_ms": plans.get("fused"),
+                "layered_replay_ms": plans.get("layered"),
                 "max_rel_err_vs_fp32": err,
                 "gflop": floors.flops / 1e9,
                 "mbytes": floors.bytes / 1e6,
@@ -139,6 +148,10 @@ def acceptance(rows: list[dict]) -> list[tuple[str, bool]]:
     ]
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m energy_rerank.kernels.check_gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
               "acceptance": dict(checks)}
     (args.out / "check_gpu.json").write_text(json.dumps(report, indent=2))
     print(f"\n{'dtype':9} {'fp32 dot':>8} {'B':>3} {'N':>4} {'triton ms':>10} {'eager ms':>9} {'speedup':>8} {'x floor':>8} "
-          f"{'GFLOP':>6} {'MB':>6} {'rel err':>8}")
+          f"{'GFLOP':>6} {'MB':>6} {'rel err':>8} {'plan':>8} {'fused':>7} {'layered':>7}")
     for r in rows:
         print(f"{r['dtype']:9} {r['fp32_precision']:>8} {r['B']:>3} {r['N']:>4} {r['triton_ms']:>10.4f} {r['eager_ms']:>9.4f} "
               f"{r['speedup']:>8.1f} {r['x_floor']:>8.2f} {r['gflop']:>6.1f} {r['mbytes']:>6.1f} "
-              f"{r['max_rel_err_vs_fp32']:>8.1e}")
+              f"{r['max_rel_err_vs_fp32']:>8.1e} {r['plan'] or '-':>8} {_ms(r['fused_replay_ms']):>7} "
+              f"{_ms(r['layered_replay_ms']):>7}")
     print(f"kernel tests on GPU: {'passed' if tests_rc == 0 else f'FAILED (rc {tests_rc})'}")
     for name, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}")

@@ -32,7 +32,7 @@ def _compile(fn, types: dict[str, str], consts: dict, num_warps: int, num_stages
     attrs = {
         (i,): [["tt.divisibility", 16]]
         for i, name in enumerate(fn.arg_names)
-        if sig[name].startswith("*") or name in DIVISIBLE_BY_16
+        if sig[name].startswith("*") or (name in DIVISIBLE_BY_16 and sig[name] != "constexpr")
     }
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     kernel = triton.compile(
@@ -57,7 +57,7 @@ def variants(all_configs: bool):
     """(label, kernel, arg types, constexprs, warps, stages) for every variant the scorer launches."""
     import triton.language as tl
 
-    from energy_rerank.kernels import energy_attention, energy_readout, fused_linear
+    from energy_rerank.kernels import energy_attention, energy_readout, fused_chain, fused_linear
 
     lin = fused_linear._fused_linear_kernel
     configs = fused_linear.AUTOTUNE_CONFIGS if all_configs else fused_linear.AUTOTUNE_CONFIGS[:1]
@@ -88,6 +88,27 @@ def variants(all_configs: bool):
         types |= {n: "fp32" for n in ("eps", "prescale", "scale", "offset")}
         consts = dict(ACTIVATION=2, H_P=8, HID_P=512, BLOCK_C=2)
         yield f"readout {dt} H 8 hidden 512", energy_readout._energy_readout_kernel, types, consts, 4, 1
+        # the fused plan's chains (seed head: A = 7, hidden 512, H = 8)
+        types = {n: "*fp32" for n in ("bias_ptr", "colsum_ptr", "eps_ptr", "table_ptr", "ro_ln_w_ptr", "ro_ln_b_ptr",
+                                      "ro_w_ptr", "ro_b_ptr", "out_ptr")}
+        types |= {n: f"*{dt}" for n in ("x_ptr", "w_ptr", "scratch_ptr", "y_ptr")}
+        types |= {n: "i32" for n in ("C", "H", "STEPS", "C_BUCKET", "stride_x")}
+        types |= {n: "fp32" for n in ("ro_eps", "prescale", "scale", "offset")}
+        chains = {
+            "actions": dict(K0=7, NLAST=512, LAYERS=3, LN_MASK=7, RELU_MASK=3, RES_MASK=2, HAS_TABLE=True, READOUT=False, H_P=1),
+            "context": dict(K0=512, NLAST=1024, LAYERS=2, LN_MASK=3, RELU_MASK=1, RES_MASK=1, HAS_TABLE=False, READOUT=False, H_P=1),
+            "tail+readout": dict(K0=512, NLAST=512, LAYERS=4, LN_MASK=14, RELU_MASK=14, RES_MASK=12, HAS_TABLE=False,
+                                 READOUT=True, H_P=8),
+        }
+        chain_configs = fused_chain.CHAIN_AUTOTUNE_CONFIGS if all_configs else fused_chain.CHAIN_AUTOTUNE_CONFIGS[:1]
+        for name, flags in chains.items():
+            for cfg in chain_configs:
+                c = dict(cfg.kwargs)
+                rows = c["BLOCK_C"]
+                c["BLOCK_C"] = max(1, rows // flags["H_P"])
+                label = f"chain {dt} {name} {rows}x{c['BLOCK_N']}x{c['BLOCK_K']} w{cfg.num_warps}s{cfg.num_stages}"
+                consts = dict(flags, HID=512, ACTIVATION=2, DOT_DTYPE=dot, PRECISION="tf32x3", **c)
+                yield label, fused_chain._fused_chain_kernel, types, consts, cfg.num_warps, cfg.num_stages
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,10 @@ every context and every candidate is scored independently. Padded contexts keep 
 so their (discarded) energies stay finite.
 
 Any scorer whose `score` does no host synchronisation can be wrapped (TritonScorer, TorchScorer).
-Autotuning runs during the warm-up before capture, never inside it.
+Autotuning runs during the warm-up before capture, never inside it. A scorer that offers several
+plans for the same energies (TritonScorer's `plans`: fused chains or one launch per layer) gets
+each captured and its replays timed, and the fastest kept per bucket (`plan_times` records them):
+which plan wins depends on the GPU and the shape, and measuring once at capture beats guessing.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class _Graph:
     valid: torch.Tensor  # [Bb, S] bool static input
     candidates: torch.Tensor  # [Bb, Nb, H, A] static input
     energies: torch.Tensor  # [Bb, Nb] static output
+    plan: str | None = None  # the inner scorer's plan captured in this graph (None: it has one)
 
 
 def bucket(value: int, buckets: tuple[int, ...]) -> int | None:
@@ -64,8 +68,25 @@ class GraphedScorer:
         self.pool = torch.cuda.graph_pool_handle()  # one memory pool shared by every bucket's graph
         self.graphs: dict[tuple, _Graph] = {}
         self.eager_shapes: set[tuple[int, int]] = set()  # shapes above the buckets, warned about once
+        self.plan_times: dict[tuple, dict[str, float]] = {}  # bucket key -> plan -> median replay ms
 
     def _capture(self, key: tuple, like: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> _Graph:
+        plans = tuple(getattr(self.inner, "plans", ()))
+        if len(plans) < 2:
+            return self._capture_plan(key, like)
+        graphs = {}
+        for plan in plans:
+            self.inner.plan = plan  # type: ignore[attr-defined]
+            graphs[plan] = self._capture_plan(key, like, plan)
+        times = self.plan_times[key] = {plan: _median_replay_ms(g.graph) for plan, g in graphs.items()}
+        best = min(times, key=times.__getitem__)
+        self.inner.plan = best  # type: ignore[attr-defined]  # eager calls follow the latest choice
+        log.info("B=%d N=%d S=%d H=%d: plan %s (%s)", *key[:4], best,
+                 ", ".join(f"{p} {t:.4f} ms" for p, t in times.items()))
+        return graphs[best]
+
+    def _capture_plan(self, key: tuple, like: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                      plan: str | None = None) -> _Graph:
         bb, nb, s, h = key[:4]
         hidden, _, candidates = like
         dev = self.device
@@ -81,7 +102,7 @@ class GraphedScorer:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = self.inner.score(static_h, static_v, static_c)
-        return _Graph(graph, static_h, static_v, static_c, out)
+        return _Graph(graph, static_h, static_v, static_c, out, plan)
 
     def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D], valid [B, S] bool, candidates [B, N, H, A] -> energies [B, N] float32."""
@@ -106,3 +127,18 @@ class GraphedScorer:
         g.candidates[:b, :n].copy_(candidates, non_blocking=True)
         g.graph.replay()
         return g.energies[:b, :n].clone()  # [B, N]; the static output is overwritten by the next replay
+
+
+def _median_replay_ms(graph: torch.cuda.CUDAGraph, warmup: int = 3, reps: int = 15) -> float:
+    """Median GPU time of one replay, from CUDA events (the comparison between a bucket's plans)."""
+    for _ in range(warmup):
+        graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]

@@ -35,6 +35,10 @@ class ScorerConfig:
     # triton, fp32 models: tl.dot precision. tf32x3 matches torch's fp32 (~3e-7 on the H100); tf32
     # is ~1.7x faster at ~1e-2 element-wise error (kernels/README.md); ieee skips the tensor cores.
     fp32_precision: Literal["tf32x3", "tf32", "ieee"] = "tf32x3"
+    # triton: "fused" runs each chain of hidden-wide layers as one launch (6 launches a call),
+    # "layered" one launch per layer (21); "auto" captures both per CUDA-graph bucket and keeps
+    # the faster (eagerly, without graphs: fused).
+    chains: Literal["auto", "fused", "layered"] = "auto"
     onnx_path: str | None = None  # onnxruntime: the exported file
 
 
@@ -61,7 +65,9 @@ class EnergyScorer:
             from energy_rerank.kernels.triton_scorer import TritonScorer
 
             dtype = None if config.dtype == "model" else getattr(torch, config.dtype)
-            impl = TritonScorer(model, dtype=dtype, autotune=config.autotune, fp32_precision=config.fp32_precision)
+            impl = TritonScorer(
+                model, dtype=dtype, autotune=config.autotune, fp32_precision=config.fp32_precision, chains=config.chains
+            )
         elif self.backend == "torch":
             impl = TorchScorer(model)
         else:

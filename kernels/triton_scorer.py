@@ -1,8 +1,8 @@
 """The Triton scorer: one scoring call as a short, fixed sequence of fused launches.
 
-For the seed architecture (1 context block, 1 action block, 2 head blocks) a call is 12 fused
-launches, plus one `row_stats` pass before each of the 9 LayerNorm'd linears (LN folded into the
-weight; inside fused_linear), 21 in all:
+Two plans compute the same energies. "layered": for the seed architecture (1 context block, 1
+action block, 2 head blocks) 12 fused launches, plus one `row_stats` pass before each of the 9
+LayerNorm'd linears (LN folded into the weight; inside fused_linear), 21 in all:
 
     context  [B*S, D_h]  : LN+fc1+ReLU | block | LN+(fc2 . W_kv)         -> keys|values [B*S, 2*hid]
     actions  [B*N*H, A]  : LN+fc1+ReLU | block | LN+(fc2 . W_q)+PE table -> queries [B*N*H, hid]
@@ -10,6 +10,17 @@ weight; inside fused_linear), 21 in all:
     out_proj             : linear
     prediction head      : LN+fc1+ReLU | block | block
     readout              : LN + Linear(hid, 1) + activation + mean over H -> [B, N]
+
+"fused" (fused_chain.py): each run of hid-wide layers is one launch per row block, with the
+LayerNorm statistics merged in the previous layer's epilogue, 6 launches in all:
+
+    context  : row_stats + LN+fc1+ReLU (full-grid GEMM over D_h) | chain(block, LN+(fc2 . W_kv))
+    actions  : chain(LN+fc1+ReLU, block, LN+(fc2 . W_q)+PE table)
+    attention
+    tail     : chain(out_proj, LN+fc1+ReLU, block, block) + readout
+
+Fewer launches but fewer, longer programs: which is faster depends on the GPU and the shape, so
+`chains="auto"` lets the CUDA-graph wrapper capture both per bucket and keep the faster one.
 
 Inputs are read in whatever float dtype they come in (the first layers normalise in fp32), so no
 cast or copy launch precedes the kernels; the whole call is graph-capturable (no host syncs).
@@ -29,8 +40,9 @@ from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.energy_attention import AttentionBlocks, masked_cross_attention
 from energy_rerank.kernels.energy_readout import energy_readout
 from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, FoldedEnergyHead, fold_energy_head
+from energy_rerank.kernels.fused_chain import ChainBlocks, PackedChain, fused_chain, pack_chain
 from energy_rerank.kernels.fused_linear import LinearBlocks, fused_linear
-from energy_rerank.kernels.triton_support import dot_precision, triton_usable, unsupported_reason
+from energy_rerank.kernels.triton_support import CHAIN_MODES, dot_precision, triton_usable, unsupported_reason
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,24 @@ class TritonBlocks:
 
     linear: LinearBlocks | None = None  # None: heuristic, or autotune on the GPU
     attention: AttentionBlocks | None = None  # None: AttentionBlocks()
+    chain: ChainBlocks | None = None  # None: heuristic, or autotune on the GPU
+
+
+@dataclass(frozen=True)
+class _Chains:
+    """The head's layer runs packed for the "fused" plan."""
+
+    actions: PackedChain  # every action layer
+    context: PackedChain  # the context layers after the first (the D_h-wide GEMM)
+    tail: PackedChain  # out_proj and the prediction MLP, before the readout
+
+
+def _pack_chains(head: FoldedEnergyHead) -> _Chains:
+    return _Chains(
+        actions=pack_chain(head.actions),
+        context=pack_chain(head.context[1:]),
+        tail=pack_chain([head.out_proj, *head.head]),
+    )
 
 
 class TritonScorer:
@@ -54,6 +84,7 @@ class TritonScorer:
         blocks: TritonBlocks | None = None,
         fold_ln_min_k: int = FOLD_LN_MIN_K,  # inputs this wide get their LN folded (tests lower it)
         fp32_precision: str = "tf32x3",  # fp32 dots: tf32x3 (about fp32), tf32 (fastest) or ieee
+        chains: str = "auto",  # "fused", "layered", or "auto": both offered to the CUDA-graph wrapper
     ) -> None:
         device = next(model.parameters()).device
         if not triton_usable(device):
@@ -68,6 +99,8 @@ class TritonScorer:
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the Triton backend computes in float32 or bfloat16, got {dtype}")
         dot_precision(torch.float32, fp32_precision)  # names a bad value now, not at the first call
+        if chains not in CHAIN_MODES:
+            raise ValueError(f"chains must be one of {CHAIN_MODES}, got {chains!r}")
         self.fp32_precision = fp32_precision
         self.model = model.eval()
         self.head: FoldedEnergyHead = fold_energy_head(model, dtype, fold_ln_min_k)
@@ -75,10 +108,29 @@ class TritonScorer:
         self.autotune = autotune
         self.blocks = blocks or TritonBlocks()
         self.side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        try:
+            self.chains: _Chains | None = _pack_chains(self.head)
+        except ValueError as e:  # e.g. LayerNorms left unfolded (fold_ln_min_k), or a very deep MLP
+            if chains == "fused":
+                raise ValueError(f"chains='fused' cannot run this head: {e}") from e
+            self.chains = None
+        # The plans GraphedScorer may choose between (it sets `plan` before each capture); eager
+        # calls use `plan`: fused where it can run (fewer launches also means less host time).
+        if chains == "auto":
+            self.plans: tuple[str, ...] = ("fused", "layered") if self.chains else ("layered",)
+        else:
+            self.plans = (chains,)
+        self.plan = self.plans[0]
 
     def _linear(self, layer, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
         return fused_linear(
             layer, x, steps=steps, blocks=self.blocks.linear, autotune=self.autotune, fp32_precision=self.fp32_precision
+        )
+
+    def _chain(self, chain: PackedChain, x: torch.Tensor, steps: int = 1, readout: bool = False) -> torch.Tensor:
+        return fused_chain(
+            chain, x, steps=steps, readout=self.head if readout else None, blocks=self.blocks.chain,
+            autotune=self.autotune, fp32_precision=self.fp32_precision,
         )
 
     @torch.inference_mode()
@@ -106,24 +158,34 @@ class TritonScorer:
         valid = valid.to(dev).contiguous()
         candidates = candidates.to(dev).contiguous()
 
+        fused = self.plan == "fused"
+        assert not fused or self.chains is not None
         main = torch.cuda.current_stream(dev) if self.side_stream is not None else None
         if main is not None:
             self.side_stream.wait_stream(main)
         with torch.cuda.stream(self.side_stream) if main is not None else contextlib.nullcontext():
             a = candidates.view(b * n * h, a_in)[:, f.action_offset : f.action_offset + f.action_dim]
-            for layer in f.actions:
-                a = self._linear(layer, a, steps=h)
-            q = a  # [B*N*H, hid], scaled for exp2
+            if fused:
+                q = self._chain(self.chains.actions, a, steps=h)  # type: ignore[union-attr]
+            else:
+                for layer in f.actions:
+                    a = self._linear(layer, a, steps=h)
+                q = a  # [B*N*H, hid], scaled for exp2
 
         x = hidden.view(b * s, -1)  # [B*S, D]
-        for layer in f.context:
-            x = self._linear(layer, x)
-        kv = x  # [B*S, 2*hid]
+        if fused:
+            kv = self._chain(self.chains.context, self._linear(f.context[0], x))  # type: ignore[union-attr]
+        else:
+            for layer in f.context:
+                x = self._linear(layer, x)
+            kv = x  # [B*S, 2*hid]
 
         if main is not None:
             main.wait_stream(self.side_stream)
         z = masked_cross_attention(q, kv, valid, f.heads, self.blocks.attention, self.fp32_precision)  # [B*N*H, hid]
 
+        if fused:
+            return self._chain(self.chains.tail, z, steps=h, readout=True).view(b, n)  # type: ignore[union-attr]
         z = self._linear(f.out_proj, z)
         for layer in f.head:
             z = self._linear(layer, z)

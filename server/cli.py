@@ -12,7 +12,7 @@ from pathlib import Path
 from energy_rerank.checkpoint import BundleError
 from energy_rerank.cli import float_list
 from energy_rerank.kernels.scorer import BACKENDS
-from energy_rerank.kernels.triton_support import FP32_PRECISIONS
+from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
 from energy_rerank.server.batcher import BatchConfig
 from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY, ServerConfig
 
@@ -58,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--onnx", type=Path, help="exported energy head for --backend onnxruntime")
     g.add_argument("--fp32-precision", default=d.fp32_precision, choices=FP32_PRECISIONS,
                    help="triton, fp32 heads: dot precision; tf32 is faster, tf32x3 matches fp32 (default: %(default)s)")  # fmt: skip
+    g.add_argument("--chains", default=d.chains, choices=CHAIN_MODES,
+                   help="triton: fused = one launch per chain of hidden-wide layers, layered = one per layer, "
+                        "auto = time both per CUDA-graph bucket at start-up and keep the faster (default: %(default)s)")  # fmt: skip
     g.add_argument(
         "--max-candidates",
         type=int,
@@ -114,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         backend=args.backend,
         fp32_precision=args.fp32_precision,
+        chains=args.chains,
         onnx_path=args.onnx,
         address=args.address,
         batch=BatchConfig(args.max_batch, args.max_delay_us, args.queue_limit),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import energy_rerank
 from energy_rerank.candidates import MAX_CANDIDATES, SamplerConfig
-from energy_rerank.kernels.triton_support import FP32_PRECISIONS
+from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
 from energy_rerank.reranker import check_switch_margin
 from energy_rerank.server.batcher import BatchConfig
 
@@ -28,6 +28,9 @@ class ServerConfig:
     # triton, fp32 heads: tl.dot precision; tf32x3 matches torch fp32 (~1e-7), tf32 is ~1.7x faster
     # on an H100 at ~1e-2 element-wise error (BENCHMARKS.md), ieee skips the tensor cores
     fp32_precision: str = "tf32x3"
+    # triton: "fused" chains of hidden-wide layers (6 launches a call), "layered" (21), or "auto":
+    # both captured per CUDA-graph bucket at start-up and the faster kept (kernels/README.md)
+    chains: str = "auto"
     address: str = "127.0.0.1:50051"  # host:port to bind; loopback unless exposed on purpose
     batch: BatchConfig = field(default_factory=BatchConfig)  # dynamic batching knobs
     max_candidates: int = 1024  # largest N a request may ask for (bounds memory per request)
@@ -62,6 +65,8 @@ class ServerConfig:
         SamplerConfig(**{k: v for k, v in overrides.items() if v is not None})  # raises on bad values
         if self.fp32_precision not in FP32_PRECISIONS:
             raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {self.fp32_precision!r}")
+        if self.chains not in CHAIN_MODES:
+            raise ValueError(f"chains must be one of {CHAIN_MODES}, got {self.chains!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.auth_token is not None and not self.auth_token.strip():

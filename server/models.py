@@ -51,6 +51,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
             config.backend,
             onnx_path=str(config.onnx_path) if config.onnx_path else None,
             fp32_precision=config.fp32_precision,
+            chains=config.chains,
         ),
         sampler_for(config, proposer, config.energy_path),
         model_version=version,
@@ -72,7 +73,7 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
     policy_part = current.model_version.rsplit("+energy@", 1)[0]
     return Reranker(
         current.proposer,
-        make_scorer(energy, config.backend, fp32_precision=config.fp32_precision),
+        make_scorer(energy, config.backend, fp32_precision=config.fp32_precision, chains=config.chains),
         sampler_for(config, current.proposer, path),
         stats=current.stats,
         model_version=f"{policy_part}+energy@{bundle_digest(path)}",

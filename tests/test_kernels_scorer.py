@@ -91,3 +91,20 @@ def test_cuda_graph_replay_equals_eager(backend):
     above = random_inputs(5, 9, 7, 24, 8, 7, torch.float32, torch.device("cuda"))  # above both buckets: eager
     torch.testing.assert_close(graphed.score(*above), eager.score(*above), rtol=1e-5, atol=1e-5)
     assert len(graphed.impl.graphs) == 2
+
+
+def test_serve_chains_flag_reaches_the_server_config():
+    """`serve --chains` pins the Triton plan; a bad value is refused before any model loads."""
+    import argparse
+
+    from energy_rerank.server.cli import add_parser, config_from_args
+    from energy_rerank.server.config import ServerConfig
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    assert config_from_args(parser.parse_args(["serve"])).chains == "auto"
+    assert config_from_args(parser.parse_args(["serve", "--chains", "layered"])).chains == "layered"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--chains", "persistent"])
+    with pytest.raises(ValueError, match="chains must be one of"):
+        ServerConfig(chains="persistent")

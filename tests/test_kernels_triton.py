@@ -34,7 +34,7 @@ from energy_rerank.energy import EnergyModel  # noqa: E402
 pytest.importorskip("triton")
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-KERNEL_MODULES = ("fused_linear", "energy_attention", "energy_readout", "triton_scorer", "folded_weights")
+KERNEL_MODULES = ("fused_linear", "fused_chain", "energy_attention", "energy_readout", "triton_scorer", "folded_weights")
 FP32_TOL = 1e-3  # fp32 dots as tf32x3 on the GPU (the default fp32 precision)
 TF32_TOL = 5e-3  # single tf32 dots, relative to each context's largest |energy| (measured ~2e-3)
 BF16_TOL = 2e-2
@@ -52,6 +52,7 @@ def small_blocks(k):
     return k.triton_scorer.TritonBlocks(
         linear=k.fused_linear.LinearBlocks(block_m=16, block_n=32, block_k=16),
         attention=k.energy_attention.AttentionBlocks(block_m=16, block_s=16),
+        chain=k.fused_chain.ChainBlocks(block_m=16, block_n=32, block_k=16),
     )
 
 
@@ -106,12 +107,15 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("chains", ["fused", "layered"])
 @pytest.mark.parametrize("b,n,h,s,mask,activation", SHAPES)
-def test_triton_fp32_matches_reference(k, b, n, h, s, mask, activation):
+def test_triton_fp32_matches_reference(k, b, n, h, s, mask, activation, chains):
     model = make_model(activation)
     inputs = make_inputs(b, n, h, s, mask, seed=b * 100 + s)
     ref = reference(model, *inputs)
-    out = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k)).score(*inputs)
+    scorer = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), chains=chains)
+    assert scorer.plan == chains
+    out = scorer.score(*inputs)
     assert max_rel_err(out, ref) <= FP32_TOL
     assert_same_argmin(out, ref, FP32_TOL)
 
@@ -131,12 +135,13 @@ def test_triton_tf32_within_its_tolerance(k, b, n, h, s, mask, activation):
     assert float(((out - ref).abs().amax(1) / ref.abs().amax(1)).max()) <= TF32_TOL
 
 
+@pytest.mark.parametrize("chains", ["fused", "layered"])
 @pytest.mark.parametrize("b,n,h,s,mask,activation", [SHAPES[0], SHAPES[2]])
-def test_triton_bf16_matches_fp32_reference(k, b, n, h, s, mask, activation):
+def test_triton_bf16_matches_fp32_reference(k, b, n, h, s, mask, activation, chains):
     model = make_model(activation)
     inputs = make_inputs(b, n, h, s, mask, seed=7)
     ref = reference(model, *inputs)
-    scorer = k.triton_scorer.TritonScorer(model, dtype=torch.bfloat16, blocks=small_blocks(k))
+    scorer = k.triton_scorer.TritonScorer(model, dtype=torch.bfloat16, blocks=small_blocks(k), chains=chains)
     assert scorer.head.out_proj.weight.dtype == torch.bfloat16
     assert max_rel_err(scorer.score(*inputs), ref) <= BF16_TOL
 
@@ -249,3 +254,88 @@ def test_row_stats_matches_layer_norm_statistics(k, m, kdim, offset):
     ref_rstd = 1 / torch.sqrt(x.double().var(1, unbiased=False) + 1e-5)
     torch.testing.assert_close(stats[:, 0].double(), ref_mean, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(stats[:, 1].double(), ref_rstd, rtol=1e-4, atol=0)
+
+
+def _chain_reference(k, layers, x, steps):
+    for layer in layers:
+        x = k.folded_weights.apply_linear(layer, x, steps=steps)
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_chain_every_run_of_the_head(k, dtype):
+    """The three chains of the fused plan against the torch form of the same folded layers:
+    actions (strided K = 7 input, per-step table), context (output 2 x hidden), and the tail with
+    the readout for H = 5 (padded to 8) and H = 3; rows not a multiple of the block, inputs with a
+    large common offset (the LayerNorm statistics must not cancel it away badly)."""
+    fw, fc = k.folded_weights, k.fused_chain
+    model = make_model("softplus")
+    head = fw.fold_energy_head(model, dtype)
+    blocks = fc.ChainBlocks(block_m=16, block_n=32, block_k=16)
+    g = torch.Generator().manual_seed(9)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2  # bf16: rounding of stored activations differs in order
+
+    a = (torch.rand(3 * 5 * 5, 9, generator=g) * 2 - 1)[:, 1:8].to(DEVICE)
+    y = fc.fused_chain(fc.pack_chain(head.actions), a, steps=5, blocks=blocks)
+    ref = _chain_reference(k, head.actions, a, 5)
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert float((y.float() - ref).norm() / ref.norm()) <= tol
+
+    x = (torch.randn(37, 64, generator=g) + 4).to(DEVICE).to(dtype)
+    y = fc.fused_chain(fc.pack_chain(head.context[1:]), x, blocks=blocks)
+    ref = _chain_reference(k, head.context[1:], x, 1)
+    assert y.shape == (37, 128)
+    assert float((y.float() - ref).norm() / ref.norm()) <= tol
+
+    tail = [head.out_proj, *head.head]
+    for steps, cands in ((5, 7), (3, 11)):
+        z = torch.randn(cands * steps, 64, generator=g).to(DEVICE).to(dtype)
+        e = fc.fused_chain(fc.pack_chain(tail), z, steps=steps, readout=head, blocks=blocks)
+        h = torch.nn.functional.layer_norm(
+            _chain_reference(k, tail, z, 1), (64,), head.readout_ln_weight, head.readout_ln_bias, head.readout_ln_eps
+        )
+        ref = fw.activate(head, h @ head.readout_weight + head.readout_bias).view(cands, steps).mean(1)
+        assert e.shape == (cands,) and e.dtype == torch.float32
+        assert float(((e - ref).abs() / ref.abs().clamp_min(1e-3)).max()) <= max(tol, 1e-5)
+
+
+def test_fused_chain_refuses_what_it_cannot_run(k):
+    fw, fc = k.folded_weights, k.fused_chain
+    model = make_model("softplus")
+    head = fw.fold_energy_head(model)
+    with pytest.raises(ValueError, match="folded LayerNorms"):
+        fc.pack_chain(fw.fold_energy_head(model, fold_ln_min_k=10**6).head)
+    with pytest.raises(ValueError, match="last layer"):
+        fc.pack_chain([head.actions[-1], head.head[0]])
+    with pytest.raises(ValueError, match="1 to"):
+        fc.pack_chain([head.head[1]] * (fc.MAX_CHAIN + 1))
+    with pytest.raises(ValueError, match="a chain needs"):
+        fc.pack_chain([head.actions[0], head.actions[0]])
+    chain = fc.pack_chain(head.head)
+    with pytest.raises(ValueError, match="x must be"):
+        fc.fused_chain(chain, torch.zeros(4, 7, device=DEVICE))
+    with pytest.raises(ValueError, match="does not tile"):
+        fc.fused_chain(chain, torch.zeros(4, 64, device=DEVICE), blocks=fc.ChainBlocks(16, 48, 16))
+    # The scorer: chains="fused" names why it cannot; "auto" falls back to one launch per layer.
+    with pytest.raises(ValueError, match="chains='fused' cannot run"):
+        k.triton_scorer.TritonScorer(model, fold_ln_min_k=10**6, chains="fused")
+    assert k.triton_scorer.TritonScorer(model, fold_ln_min_k=10**6).plans == ("layered",)
+    assert k.triton_scorer.TritonScorer(model).plans == ("fused", "layered")
+    with pytest.raises(ValueError, match="chains must be one of"):
+        k.triton_scorer.TritonScorer(model, chains="persistent")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
+def test_graphs_capture_both_plans_and_keep_the_faster(k):
+    from energy_rerank.kernels import make_scorer
+
+    model = make_model("softplus")
+    scorer = make_scorer(model, "triton")  # chains="auto", CUDA graphs
+    inputs = make_inputs(3, 5, 8, 29, "random", seed=4)
+    out = scorer.score(*inputs)
+    assert max_rel_err(out, reference(model, *inputs)) <= FP32_TOL
+    graphed = scorer.impl
+    (key, times), = graphed.plan_times.items()
+    assert set(times) == {"fused", "layered"}
+    assert graphed.graphs[key].plan == min(times, key=times.__getitem__)
