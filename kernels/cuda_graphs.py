@@ -76,8 +76,12 @@ class GraphedScorer:
             return self._capture_plan(key, like)
         graphs = {}
         for plan in plans:
+            if plan not in self.inner.plans:  # type: ignore[attr-defined]
+                continue  # dropped by the scorer after it failed (TritonScorer.score)
             self.inner.plan = plan  # type: ignore[attr-defined]
-            graphs[plan] = self._capture_plan(key, like, plan)
+            g = self._capture_plan(key, like, plan)
+            if plan in self.inner.plans:  # type: ignore[attr-defined]
+                graphs[plan] = g  # else it failed in the warm-up and the graph holds the fallback
         times = self.plan_times[key] = {plan: _median_replay_ms(g.graph) for plan, g in graphs.items()}
         best = min(times, key=times.__getitem__)
         self.inner.plan = best  # type: ignore[attr-defined]  # eager calls follow the latest choice

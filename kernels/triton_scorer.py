@@ -32,6 +32,7 @@ the context's D_h-wide GEMM leaves idle in its last wave.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,8 @@ from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, FoldedEnergyHead
 from energy_rerank.kernels.fused_chain import ChainBlocks, PackedChain, fused_chain, pack_chain
 from energy_rerank.kernels.fused_linear import LinearBlocks, fused_linear
 from energy_rerank.kernels.triton_support import CHAIN_MODES, dot_precision, triton_usable, unsupported_reason
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,24 @@ class TritonScorer:
         hidden = hidden.to(dev).contiguous()
         valid = valid.to(dev).contiguous()
         candidates = candidates.to(dev).contiguous()
+        try:
+            return self._score(hidden, valid, candidates, self.plan)
+        except Exception:
+            # The inputs were checked above, so this is the kernel (say, a triton version that will
+            # not compile the chain kernel). Under "auto" a robot keeps its reranker: drop the
+            # fused plan for good and answer with the layered one.
+            if self.plan != "fused" or "layered" not in self.plans:
+                raise
+            log.exception("the fused-chain plan failed; scoring with one launch per layer from now on")
+            self.plans, self.plan = ("layered",), "layered"
+            return self._score(hidden, valid, candidates, "layered")
 
-        fused = self.plan == "fused"
+    def _score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor, plan: str) -> torch.Tensor:
+        f = self.head
+        b, s, _ = hidden.shape
+        _, n, h, a_in = candidates.shape
+        dev = self.device
+        fused = plan == "fused"
         assert not fused or self.chains is not None
         main = torch.cuda.current_stream(dev) if self.side_stream is not None else None
         if main is not None:

@@ -339,3 +339,27 @@ def test_graphs_capture_both_plans_and_keep_the_faster(k):
     (key, times), = graphed.plan_times.items()
     assert set(times) == {"fused", "layered"}
     assert graphed.graphs[key].plan == min(times, key=times.__getitem__)
+
+
+def test_auto_falls_back_to_layered_when_the_chain_kernel_fails(k, monkeypatch, caplog):
+    """Under chains="auto" a kernel failure in the fused plan (say, a triton that cannot compile
+    it) costs one logged error, not the reranker: the call and every later one use the layered plan.
+    Bad inputs are still refused, and a pinned "fused" plan raises."""
+    model = make_model("softplus")
+    inputs = make_inputs(2, 3, 4, 21, "random", seed=13)
+    ref = reference(model, *inputs)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("chain kernel failed to compile")
+
+    monkeypatch.setattr(k.triton_scorer, "fused_chain", broken)
+    scorer = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k))
+    assert scorer.plan == "fused"
+    assert max_rel_err(scorer.score(*inputs), ref) <= FP32_TOL
+    assert scorer.plans == ("layered",) and scorer.plan == "layered"
+    assert "fused-chain plan failed" in caplog.text
+    with pytest.raises(ValueError, match="valid must be bool"):
+        scorer.score(inputs[0], inputs[1].float(), inputs[2])
+    pinned = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), chains="fused")
+    with pytest.raises(RuntimeError, match="failed to compile"):
+        pinned.score(*inputs)
