@@ -58,7 +58,16 @@ def _energy_readout_kernel(
     beta = tl.load(ln_b_ptr + cols, mask=col_ok, other=0.0)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0)
     y = d * rstd[:, None] * g[None, :] + beta[None, :]
-    raw = (tl.sum(y * w[None, :], axis=1) + tl.load(bias_ptr)) * prescale
+    raw = tl.sum(y * w[None, :], axis=1) + tl.load(bias_ptr)
+    store_energies(raw, row_ok, out_ptr, pid, C, H, prescale, scale, offset, ACTIVATION, H_P, BLOCK_C)
+
+
+@triton.jit
+def store_energies(raw, row_ok, out_ptr, pid, C, H, prescale, scale, offset,
+                   ACTIVATION: tl.constexpr, H_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-step raw predictions [BLOCK_C * H_P] -> activation -> mean over H -> out[candidate]
+    (also the end of fused_chain's readout)."""
+    raw = raw * prescale
     if ACTIVATION == 1:
         raw = tl.sigmoid(raw)
     elif ACTIVATION == 2:

@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from energy_rerank.kernels.energy_readout import store_energies
 from energy_rerank.kernels.folded_weights import FoldedEnergyHead, FoldedLinear
 from energy_rerank.kernels.row_stats import merge_moments
 from energy_rerank.kernels.triton_support import dot_dtype, dot_precision, interpreting
@@ -280,15 +281,8 @@ def _fused_chain_kernel(
             w = tl.load(ro_w_ptr + cols)
             yn = (yv - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
             raw += tl.sum(yn * w[None, :], axis=1)
-        raw = (raw + tl.load(ro_b_ptr)) * prescale
-        if ACTIVATION == 1:
-            raw = tl.sigmoid(raw)
-        elif ACTIVATION == 2:
-            raw = tl.maximum(raw, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw)))
-        energy = tl.where(row_ok, raw * scale + offset, 0.0)
-        per_candidate = tl.sum(tl.reshape(energy, [BLOCK_C, H_P]), axis=1) / H
-        out_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-        tl.store(out_ptr + out_c, per_candidate, mask=out_c < C)
+        raw = raw + tl.load(ro_b_ptr)
+        store_energies(raw, row_ok, out_ptr, pid, C, H, prescale, scale, offset, ACTIVATION, H_P, BLOCK_C)
 
 
 _autotuned: dict[int, object] = {}
