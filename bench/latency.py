@@ -74,6 +74,8 @@ def run_scoring(args: argparse.Namespace, device: torch.device, out: Path, meta:
         why = providers.unavailable_reason(name, device)
         if name == "onnxruntime" and dtype != torch.float32:
             why = "the ONNX export is fp32"
+        if name == "triton_fused_cublas" and dtype != torch.bfloat16:
+            why = "the fused_cublas plan is bf16 only"
         if name == "seed" and cfg["B"] * cfg["N"] * cfg["S"] * cfg["D"] > args.seed_limit:
             why = f"context copy of {cfg['B'] * cfg['N']} x {cfg['S']} x {cfg['D']} exceeds --seed-limit"
         base = {"kind": "score", "provider": name, **cfg, "H": args.steps, "A": 7, "hidden": 512, "heads": 8, **meta}

@@ -7,9 +7,10 @@
                  mode="reduce-overhead");
 - onnxruntime:   the exported ONNX head (`energy-rerank export --onnx`);
 - triton:        the fused kernels with CUDA graphs (CUDA only), the plan chosen per bucket by
-                 timing both at capture (chains="auto");
-- triton_fused / triton_layered: the same with the plan pinned: one launch per chain of
-                 hidden-wide layers (6 a call) or one per layer (21), to compare them directly.
+                 timing every plan at capture (chains="auto");
+- triton_fused / triton_fused_cublas / triton_layered: the same with the plan pinned: one launch
+                 per chain of hidden-wide layers (6 a call), the same with the context's D_h-wide
+                 product on cuBLAS (bf16 only), or one per layer (21), to compare them directly.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import torch
 from energy_rerank.energy import EnergyModel
 from energy_rerank.scoring import Scorer, TorchScorer
 
-PROVIDERS = ("seed", "torch", "torch_compile", "onnxruntime", "triton", "triton_fused", "triton_layered")
+PROVIDERS = (
+    "seed", "torch", "torch_compile", "onnxruntime", "triton", "triton_fused", "triton_fused_cublas", "triton_layered",
+)
 
 
 class SeedScorer:
@@ -87,6 +90,7 @@ def build(provider: str, model: EnergyModel, steps: int, workdir: Path | None = 
         "onnxruntime": lambda: _onnx(model, steps, workdir),
         "triton": lambda: _triton(model, "auto"),
         "triton_fused": lambda: _triton(model, "fused"),
+        "triton_fused_cublas": lambda: _triton(model, "fused_cublas"),
         "triton_layered": lambda: _triton(model, "layered"),
     }
     if provider not in makers:

@@ -119,6 +119,7 @@ def bench(calls: int, ceilings: dict[str, float]) -> list[dict]:
                 "speedup": t_eager.median_ms / t_triton.median_ms,
                 "plan": chosen,
                 "fused_replay_ms": plans.get("fused"),
+                "fused_cublas_replay_ms": plans.get("fused_cublas"),
                 "layered_replay_ms": plans.get("layered"),
                 "max_rel_err_vs_fp32": err,
                 "gflop": floors.flops / 1e9,
@@ -178,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
               "acceptance": dict(checks)}
     (args.out / "check_gpu.json").write_text(json.dumps(report, indent=2))
     print(f"\n{'dtype':9} {'fp32 dot':>8} {'B':>3} {'N':>4} {'triton ms':>10} {'eager ms':>9} {'speedup':>8} {'x floor':>8} "
-          f"{'GFLOP':>6} {'MB':>6} {'rel err':>8} {'plan':>8} {'fused':>7} {'layered':>7}")
+          f"{'GFLOP':>6} {'MB':>6} {'rel err':>8} {'plan':>12} {'fused':>7} {'cublas':>7} {'layered':>7}")
     for r in rows:
         print(f"{r['dtype']:9} {r['fp32_precision']:>8} {r['B']:>3} {r['N']:>4} {r['triton_ms']:>10.4f} {r['eager_ms']:>9.4f} "
               f"{r['speedup']:>8.1f} {r['x_floor']:>8.2f} {r['gflop']:>6.1f} {r['mbytes']:>6.1f} "
-              f"{r['max_rel_err_vs_fp32']:>8.1e} {r['plan'] or '-':>8} {_ms(r['fused_replay_ms']):>7} "
-              f"{_ms(r['layered_replay_ms']):>7}")
+              f"{r['max_rel_err_vs_fp32']:>8.1e} {r['plan'] or '-':>12} {_ms(r['fused_replay_ms']):>7} "
+              f"{_ms(r['fused_cublas_replay_ms']):>7} {_ms(r['layered_replay_ms']):>7}")
     print(f"kernel tests on GPU: {'passed' if tests_rc == 0 else f'FAILED (rc {tests_rc})'}")
     for name, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}")

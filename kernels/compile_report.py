@@ -90,25 +90,32 @@ def variants(all_configs: bool):
         yield f"readout {dt} H 8 hidden 512", energy_readout._energy_readout_kernel, types, consts, 4, 1
         # the fused plan's chains (seed head: A = 7, hidden 512, H = 8)
         types = {n: "*fp32" for n in ("bias_ptr", "colsum_ptr", "eps_ptr", "table_ptr", "ro_ln_w_ptr", "ro_ln_b_ptr",
-                                      "ro_w_ptr", "ro_b_ptr", "out_ptr")}
+                                      "ro_w_ptr", "ro_b_ptr", "out_ptr", "pre_stats_ptr", "pre_colsum_ptr", "pre_bias_ptr")}
         types |= {n: f"*{dt}" for n in ("x_ptr", "w_ptr", "scratch_ptr", "y_ptr")}
         types |= {n: "i32" for n in ("C", "H", "STEPS", "C_BUCKET", "stride_x")}
         types |= {n: "fp32" for n in ("ro_eps", "prescale", "scale", "offset")}
+        context = dict(K0=512, NLAST=1024, LAYERS=2, LN_MASK=3, RELU_MASK=1, RES_MASK=1, HAS_TABLE=False, READOUT=False,
+                       H_P=1, PRE=0)
         chains = {
-            "actions": dict(K0=7, NLAST=512, LAYERS=3, LN_MASK=7, RELU_MASK=3, RES_MASK=2, HAS_TABLE=True, READOUT=False, H_P=1),
-            "context": dict(K0=512, NLAST=1024, LAYERS=2, LN_MASK=3, RELU_MASK=1, RES_MASK=1, HAS_TABLE=False, READOUT=False, H_P=1),
+            "actions": dict(K0=7, NLAST=512, LAYERS=3, LN_MASK=7, RELU_MASK=3, RES_MASK=2, HAS_TABLE=True, READOUT=False,
+                            H_P=1, PRE=0),
+            "context": context,
+            "context+pre": dict(context, PRE=2),  # fused_cublas: x is the fp32 cuBLAS product
             "tail+readout": dict(K0=512, NLAST=512, LAYERS=4, LN_MASK=14, RELU_MASK=14, RES_MASK=12, HAS_TABLE=False,
-                                 READOUT=True, H_P=8),
+                                 READOUT=True, H_P=8, PRE=0),
         }
         chain_configs = fused_chain.CHAIN_AUTOTUNE_CONFIGS if all_configs else fused_chain.CHAIN_AUTOTUNE_CONFIGS[:1]
         for name, flags in chains.items():
+            if flags["PRE"] and dt != "bf16":
+                continue  # fused_cublas is bf16 only
             for cfg in chain_configs:
                 c = dict(cfg.kwargs)
                 rows = c["BLOCK_C"]
                 c["BLOCK_C"] = max(1, rows // flags["H_P"])
                 label = f"chain {dt} {name} {rows}x{c['BLOCK_N']}x{c['BLOCK_K']} w{cfg.num_warps}s{cfg.num_stages}"
                 consts = dict(flags, HID=512, ACTIVATION=2, DOT_DTYPE=dot, PRECISION="tf32x3", **c)
-                yield label, fused_chain._fused_chain_kernel, types, consts, cfg.num_warps, cfg.num_stages
+                chain_types = dict(types, x_ptr="*fp32") if flags["PRE"] else types
+                yield label, fused_chain._fused_chain_kernel, chain_types, consts, cfg.num_warps, cfg.num_stages
 
 
 def main(argv: list[str] | None = None) -> int:

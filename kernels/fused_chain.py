@@ -3,6 +3,12 @@ readout: the launch count of a scoring call drops from 21 to 6.
 
     h_0 = x [M, K0];  h_{i+1} = relu?(LN?(h_i) @ W_i + b_i [+ table[row % steps]]) [+ h_i];  y = h_L
 
+With a `pre` layer (`with_pre`), x is instead the fp32 product P = x' @ W_pre of a LayerNorm-folded
+layer computed outside (cuBLAS: the context's D_h-wide GEMM), and the chain first finishes that
+layer's epilogue, h_0 = relu?(rstd * (P - mean * colsum_pre) + b_pre), with each row's (mean, rstd)
+of x' from `row_stats`. That epilogue is a pass over [BLOCK_M, K0] values the program reads anyway,
+so a library GEMM can stand in for the Triton one without a launch or a round trip more.
+
 Every layer is a `FoldedLinear` (LayerNorm folded into W and the epilogue, as in fused_linear), of
 width HID except the first layer's input (K0: the action dims, or HID) and the last layer's output
 (NLAST: 2*HID for keys|values). A program owns BLOCK_M rows for the whole chain: it computes each
@@ -30,7 +36,7 @@ Block sizes: `heuristic_chain_blocks` under the interpreter and with autotune of
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -71,6 +77,10 @@ class PackedChain:
     relu_mask: int  # bit i: ReLU after layer i's bias
     res_mask: int  # bit i: layer i adds its input back (K_i == N_i)
     layers: int  # number of layers
+    # The epilogue of a LayerNorm-folded layer whose product arrives as the chain's input (`with_pre`):
+    pre_colsum: torch.Tensor | None = None  # [K0] fp32 column sums of that layer's folded weight
+    pre_bias: torch.Tensor | None = None  # [K0] fp32 its folded bias
+    pre_relu: bool = False  # ReLU after its bias
 
 
 def _largest_pow2_divisor(n: int) -> int:
@@ -114,6 +124,17 @@ def pack_chain(layers: tuple[FoldedLinear, ...] | list[FoldedLinear]) -> PackedC
         res_mask=sum(1 << i for i, layer in enumerate(layers) if layer.residual),
         layers=len(layers),
     )
+
+
+def with_pre(chain: PackedChain, pre: FoldedLinear) -> PackedChain:
+    """The same chain (weights shared) taking pre's fp32 product x' @ pre.weight as its input and
+    applying pre's folded-LN epilogue first (see the module docstring)."""
+    k, n = pre.weight.shape
+    if pre.colsum is None or pre.table is not None or pre.residual:
+        raise ValueError("a chain's pre layer needs a folded LayerNorm, no per-step table and no residual")
+    if n != chain.k0 or chain.k0 != chain.hid:
+        raise ValueError(f"a pre layer must output the chain's width {chain.hid}, got {k} -> {n} for K0 = {chain.k0}")
+    return replace(chain, pre_colsum=pre.colsum, pre_bias=pre.bias, pre_relu=pre.relu)
 
 
 def heuristic_chain_blocks(rows: int, hid: int, dtype: torch.dtype, h_p: int = 1) -> ChainBlocks:
@@ -160,6 +181,9 @@ def _fused_chain_kernel(
     ro_w_ptr,  # [HID] fp32 readout weight
     ro_b_ptr,  # [1] fp32 readout bias
     out_ptr,  # [C] fp32 energies (READOUT only)
+    pre_stats_ptr,  # [M, 2] fp32 (mean, rstd) of the pre layer's input rows (PRE only)
+    pre_colsum_ptr,  # [K0] fp32 (PRE only)
+    pre_bias_ptr,  # [K0] fp32 (PRE only)
     C,  # candidates (READOUT) or rows
     H,  # steps per candidate (READOUT) or 1
     STEPS,  # table period
@@ -178,6 +202,7 @@ def _fused_chain_kernel(
     RES_MASK: tl.constexpr,
     HAS_TABLE: tl.constexpr,
     READOUT: tl.constexpr,
+    PRE: tl.constexpr,  # 0: x is the chain's input; 1: x is a pre layer's fp32 product; 2: the same with ReLU
     ACTIVATION: tl.constexpr,  # 0 identity, 1 sigmoid, 2 softplus
     H_P: tl.constexpr,  # H padded to a power of two (1 without READOUT)
     DOT_DTYPE: tl.constexpr,
@@ -206,7 +231,25 @@ def _fused_chain_kernel(
     # Statistics of the chain's input (the later layers' come from the previous epilogue).
     mean = tl.zeros([BLOCK_M], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if LN_MASK & 1:
+    pre_rows = scratch + BLOCK_M * SW + r[:, None] * SW  # scratch half 1: layer 0 reads it with PRE
+    if PRE:
+        # Finish the pre layer: h_0 = relu?(rstd * (P - mean * colsum) + b), stored rounded, as
+        # fused_linear would have stored it, with its moments merged for layer 0's LayerNorm.
+        p_mean = tl.load(pre_stats_ptr + rows * 2, mask=row_ok, other=0.0)
+        p_rstd = tl.load(pre_stats_ptr + rows * 2 + 1, mask=row_ok, other=0.0)
+        for n0 in range(0, K0, BLOCK_N):
+            cols = n0 + offs_n
+            p = tl.load(x_rows + cols[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+            p = (p - p_mean[:, None] * tl.load(pre_colsum_ptr + cols)[None, :]) * p_rstd[:, None]
+            p += tl.load(pre_bias_ptr + cols)[None, :]
+            if PRE == 2:
+                p = tl.maximum(p, 0.0)
+            pq = p.to(w_ptr.dtype.element_ty)
+            tl.store(pre_rows + cols[None, :], pq)
+            if LN_MASK & 1:
+                mean, m2 = merge_moments(mean, m2, pq.to(tl.float32), cols < K0, n0, K0, BLOCK_N)
+        tl.debug_barrier()
+    elif LN_MASK & 1:
         for k0 in range(0, K0, BLOCK_K):
             kk = k0 + offs_k
             k_ok = kk < K0
@@ -219,7 +262,10 @@ def _fused_chain_kernel(
         N_I = NLAST if i == LAYERS - 1 else HID
         W_OFF = 0 if i == 0 else K0 * HID + (i - 1) * HID * HID
         NEXT_LN = (i == LAYERS - 1 and READOUT) or (i < LAYERS - 1 and (LN_MASK >> (i + 1)) & 1 == 1)
-        if i == 0:
+        if i == 0 and PRE:
+            in_rows = pre_rows
+            in_mask = r[:, None] >= 0
+        elif i == 0:
             in_rows = x_rows
             in_mask = row_ok[:, None]
         else:
@@ -306,7 +352,7 @@ def _rows_to_candidates(configs: list, h_p: int) -> list:
 
 def _autotuned_kernel(h_p: int):
     if h_p not in _autotuned:
-        key = ["C_BUCKET", "K0", "HID", "NLAST", "LAYERS", "READOUT", "H_P", "PRECISION"]
+        key = ["C_BUCKET", "K0", "HID", "NLAST", "LAYERS", "READOUT", "PRE", "H_P", "PRECISION"]
         options = inspect.signature(triton.autotune).parameters
         extra = {k: v for k, v in (("do_bench", _quick_bench), ("cache_results", True)) if k in options}
         configs = _rows_to_candidates(CHAIN_AUTOTUNE_CONFIGS, h_p)
@@ -322,11 +368,18 @@ def fused_chain(
     blocks: ChainBlocks | None = None,  # None: heuristic, or autotune when `autotune`
     autotune: bool = False,
     fp32_precision: str = "tf32x3",
+    pre_stats: torch.Tensor | None = None,  # [M, 2] fp32 row_stats of the pre layer's input (with_pre chains)
 ) -> torch.Tensor:
-    """One launch: x [M, K0] -> [M, N_last] in the compute dtype, or energies [M // steps] with `readout`."""
+    """One launch: x [M, K0] -> [M, N_last] in the compute dtype, or energies [M // steps] with `readout`.
+    For a `with_pre` chain x is the pre layer's fp32 product and `pre_stats` its input's row_stats."""
     m = x.shape[0]
     if x.dim() != 2 or x.shape[1] != chain.k0 or x.stride(1) != 1:
         raise ValueError(f"fused_chain: x must be [M, {chain.k0}] with unit column stride, got {tuple(x.shape)}")
+    pre = chain.pre_colsum is not None
+    if pre and (x.dtype != torch.float32 or pre_stats is None or pre_stats.shape != (m, 2) or not pre_stats.is_contiguous()):
+        raise ValueError("fused_chain: a chain with a pre layer takes its fp32 product as x and contiguous [M, 2] pre_stats")
+    if not pre and pre_stats is not None:
+        raise ValueError("fused_chain: pre_stats given for a chain without a pre layer (see with_pre)")
     if readout is not None and (m % steps or chain.n_last != chain.hid):
         raise ValueError(f"fused_chain readout: {m} rows are not whole candidates of {steps} steps")
     dtype = chain.weight.dtype
@@ -353,12 +406,13 @@ def fused_chain(
         x, chain.weight, chain.bias, chain.colsum, chain.eps,
         chain.table if chain.table is not None else chain.bias,
         scratch, y, *ro, out,
+        pre_stats if pre else chain.bias, chain.pre_colsum if pre else chain.bias, chain.pre_bias if pre else chain.bias,
         c, h, steps, triton.next_power_of_2(c), x.stride(0), *act,
     )
     flags = dict(
         K0=chain.k0, HID=chain.hid, NLAST=chain.n_last, LAYERS=chain.layers, LN_MASK=chain.ln_mask,
         RELU_MASK=chain.relu_mask, RES_MASK=chain.res_mask, HAS_TABLE=chain.table is not None,
-        READOUT=readout is not None, ACTIVATION=activation, H_P=h_p,
+        READOUT=readout is not None, PRE=(2 if chain.pre_relu else 1) if pre else 0, ACTIVATION=activation, H_P=h_p,
         DOT_DTYPE=dot_dtype(dtype), PRECISION=dot_precision(dtype, fp32_precision),
     )
     if autotune and blocks is None and not interpreting():

@@ -36,9 +36,10 @@ class ScorerConfig:
     # is ~1.7x faster at ~1e-2 element-wise error (kernels/README.md); ieee skips the tensor cores.
     fp32_precision: Literal["tf32x3", "tf32", "ieee"] = "tf32x3"
     # triton: "fused" runs each chain of hidden-wide layers as one launch (6 launches a call),
-    # "layered" one launch per layer (21); "auto" captures both per CUDA-graph bucket and keeps
-    # the faster (eagerly, without graphs: fused).
-    chains: Literal["auto", "fused", "layered"] = "auto"
+    # "fused_cublas" the same with the D_h-wide context product on cuBLAS (bf16 only), "layered"
+    # one launch per layer (21); "auto" captures every plan that can run per CUDA-graph bucket and
+    # keeps the fastest (eagerly, without graphs: fused).
+    chains: Literal["auto", "fused", "fused_cublas", "layered"] = "auto"
     onnx_path: str | None = None  # onnxruntime: the exported file
 
 

@@ -19,8 +19,18 @@ LayerNorm statistics merged in the previous layer's epilogue, 6 launches in all:
     attention
     tail     : chain(out_proj, LN+fc1+ReLU, block, block) + readout
 
+"fused_cublas" (bf16 only): "fused" with the context's D_h-wide product made by cuBLAS
+(torch.mm to fp32: 22 us against the Triton tile GEMM's 55 us at B = 8 on the H100) while
+`row_stats` reads the same input on the side stream; the context chain then finishes that
+layer's folded-LN epilogue as it loads the product (fused_chain.with_pre), so the library GEMM
+costs no launch or memory pass more than the Triton one:
+
+    context  : cuBLAS P = x @ W_fc1 (main) || row_stats(x) (side) | chain(epilogue(P), block, LN+(fc2 . W_kv))
+
 Fewer launches but fewer, longer programs: which is faster depends on the GPU and the shape, so
-`chains="auto"` lets the CUDA-graph wrapper capture both per bucket and keep the faster one.
+`chains="auto"` lets the CUDA-graph wrapper capture every plan per bucket and keep the fastest.
+A plan that fails (a triton or torch that cannot run it) is dropped under "auto" with one logged
+error, and the next answers.
 
 Inputs are read in whatever float dtype they come in (the first layers normalise in fp32), so no
 cast or copy launch precedes the kernels; the whole call is graph-capturable (no host syncs).
@@ -41,8 +51,9 @@ from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.energy_attention import AttentionBlocks, masked_cross_attention
 from energy_rerank.kernels.energy_readout import energy_readout
 from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, FoldedEnergyHead, fold_energy_head
-from energy_rerank.kernels.fused_chain import ChainBlocks, PackedChain, fused_chain, pack_chain
+from energy_rerank.kernels.fused_chain import ChainBlocks, PackedChain, fused_chain, pack_chain, with_pre
 from energy_rerank.kernels.fused_linear import LinearBlocks, fused_linear
+from energy_rerank.kernels.row_stats import row_stats
 from energy_rerank.kernels.triton_support import CHAIN_MODES, dot_precision, triton_usable, unsupported_reason
 
 log = logging.getLogger(__name__)
@@ -64,14 +75,40 @@ class _Chains:
     actions: PackedChain  # every action layer
     context: PackedChain  # the context layers after the first (the D_h-wide GEMM)
     tail: PackedChain  # out_proj and the prediction MLP, before the readout
+    context_pre: PackedChain | None  # `context` finishing the first layer's epilogue (fused_cublas)
 
 
 def _pack_chains(head: FoldedEnergyHead) -> _Chains:
+    context = pack_chain(head.context[1:])
+    try:
+        context_pre: PackedChain | None = with_pre(context, head.context[0])
+    except ValueError:  # a first layer the chain cannot finish (its LN not folded)
+        context_pre = None
     return _Chains(
         actions=pack_chain(head.actions),
-        context=pack_chain(head.context[1:]),
+        context=context,
         tail=pack_chain([head.out_proj, *head.head]),
+        context_pre=context_pre,
     )
+
+
+def library_product_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the fused_cublas plan cannot run here, or None. It needs bf16 weights (an fp32 cuBLAS
+    product follows torch's global TF32 switch, not this scorer's fp32_precision) and, on CUDA, a
+    torch whose mm can write fp32 from bf16 operands (`out_dtype`)."""
+    if dtype != torch.bfloat16:
+        return f"the fused_cublas plan computes in bfloat16, not {dtype}"
+    if device.type == "cuda" and "dtype" not in torch.ops.aten.mm.overloads():
+        return f"torch {torch.__version__} has no torch.mm(..., out_dtype=torch.float32)"
+    return None
+
+
+def library_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ weight [K, N] -> [M, N] fp32, products of the stored values summed in fp32 (cuBLAS
+    on CUDA; the interpreter's CPU tests compute the same in fp32)."""
+    if x.is_cuda:
+        return torch.mm(x, weight, out_dtype=torch.float32)
+    return x.float() @ weight.float()
 
 
 class TritonScorer:
@@ -87,7 +124,7 @@ class TritonScorer:
         blocks: TritonBlocks | None = None,
         fold_ln_min_k: int = FOLD_LN_MIN_K,  # inputs this wide get their LN folded (tests lower it)
         fp32_precision: str = "tf32x3",  # fp32 dots: tf32x3 (about fp32), tf32 (fastest) or ieee
-        chains: str = "auto",  # "fused", "layered", or "auto": both offered to the CUDA-graph wrapper
+        chains: str = "auto",  # "fused", "fused_cublas", "layered", or "auto": all that can run, timed per graph bucket
     ) -> None:
         device = next(model.parameters()).device
         if not triton_usable(device):
@@ -114,13 +151,19 @@ class TritonScorer:
         try:
             self.chains: _Chains | None = _pack_chains(self.head)
         except ValueError as e:  # e.g. LayerNorms left unfolded (fold_ln_min_k), or a very deep MLP
-            if chains == "fused":
-                raise ValueError(f"chains='fused' cannot run this head: {e}") from e
+            if chains in ("fused", "fused_cublas"):
+                raise ValueError(f"chains={chains!r} cannot run this head: {e}") from e
             self.chains = None
+        no_library = library_product_reason(device, dtype)
+        if self.chains is not None and self.chains.context_pre is None:
+            no_library = "the context's first LayerNorm is not folded"
+        if chains == "fused_cublas" and no_library:
+            raise ValueError(f"chains='fused_cublas' cannot run here: {no_library}")
         # The plans GraphedScorer may choose between (it sets `plan` before each capture); eager
         # calls use `plan`: fused where it can run (fewer launches also means less host time).
         if chains == "auto":
-            self.plans: tuple[str, ...] = ("fused", "layered") if self.chains else ("layered",)
+            fused = ("fused",) + (() if no_library else ("fused_cublas",))
+            self.plans: tuple[str, ...] = (*fused, "layered") if self.chains else ("layered",)
         else:
             self.plans = (chains,)
         self.plan = self.plans[0]
@@ -160,29 +203,39 @@ class TritonScorer:
         hidden = hidden.to(dev).contiguous()
         valid = valid.to(dev).contiguous()
         candidates = candidates.to(dev).contiguous()
-        try:
-            return self._score(hidden, valid, candidates, self.plan)
-        except Exception:
-            # The inputs were checked above, so this is the kernel (say, a triton version that will
-            # not compile the chain kernel). Under "auto" a robot keeps its reranker: drop the
-            # fused plan for good and answer with the layered one.
-            if self.plan != "fused" or "layered" not in self.plans:
-                raise
-            log.exception("the fused-chain plan failed; scoring with one launch per layer from now on")
-            self.plans, self.plan = ("layered",), "layered"
-            return self._score(hidden, valid, candidates, "layered")
+        while True:
+            plan = self.plan
+            try:
+                return self._score(hidden, valid, candidates, plan)
+            except Exception:
+                # The inputs were checked above, so this is a kernel or library (say, a triton
+                # that will not compile the chain kernel). Under "auto" a robot keeps its
+                # reranker: drop the plan for good and answer with the next one.
+                if len(self.plans) < 2:
+                    raise
+                self.plans = tuple(p for p in self.plans if p != plan)
+                self.plan = self.plans[0]
+                log.exception("the %s plan failed; dropped, scoring with %s from now on", plan, self.plan)
 
     def _score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor, plan: str) -> torch.Tensor:
         f = self.head
         b, s, _ = hidden.shape
         _, n, h, a_in = candidates.shape
         dev = self.device
-        fused = plan == "fused"
+        fused = plan in ("fused", "fused_cublas")
         assert not fused or self.chains is not None
+        x = hidden.view(b * s, -1)  # [B*S, D]
+        first = f.context[0]
+        # The library product needs the weights' dtype in; other inputs take the Triton GEMM,
+        # which reads any float dtype.
+        library = plan == "fused_cublas" and x.dtype == first.weight.dtype
         main = torch.cuda.current_stream(dev) if self.side_stream is not None else None
         if main is not None:
             self.side_stream.wait_stream(main)
         with torch.cuda.stream(self.side_stream) if main is not None else contextlib.nullcontext():
+            if library:
+                stats = row_stats(x, first.ln_eps)  # [B*S, 2], concurrent with the product below
+                stats_ready = self.side_stream.record_event() if main is not None else None
             a = candidates.view(b * n * h, a_in)[:, f.action_offset : f.action_offset + f.action_dim]
             if fused:
                 q = self._chain(self.chains.actions, a, steps=h)  # type: ignore[union-attr]
@@ -191,9 +244,16 @@ class TritonScorer:
                     a = self._linear(layer, a, steps=h)
                 q = a  # [B*N*H, hid], scaled for exp2
 
-        x = hidden.view(b * s, -1)  # [B*S, D]
-        if fused:
-            kv = self._chain(self.chains.context, self._linear(f.context[0], x))  # type: ignore[union-attr]
+        if library:
+            product = library_product(x, first.weight)  # [B*S, hid] fp32
+            if stats_ready is not None:
+                torch.cuda.current_stream(dev).wait_event(stats_ready)
+            kv = fused_chain(
+                self.chains.context_pre, product, blocks=self.blocks.chain, autotune=self.autotune,  # type: ignore[union-attr,arg-type]
+                fp32_precision=self.fp32_precision, pre_stats=stats,
+            )
+        elif fused:
+            kv = self._chain(self.chains.context, self._linear(first, x))  # type: ignore[union-attr]
         else:
             for layer in f.context:
                 x = self._linear(layer, x)

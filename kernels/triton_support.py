@@ -50,7 +50,7 @@ def unsupported_reason(config: EnergyConfig) -> str | None:
 
 
 FP32_PRECISIONS = ("tf32x3", "tf32", "ieee")
-CHAIN_MODES = ("auto", "fused", "layered")  # TritonScorer plans: see triton_scorer.py
+CHAIN_MODES = ("auto", "fused", "fused_cublas", "layered")  # TritonScorer plans: see triton_scorer.py
 
 
 def dot_precision(storage: torch.dtype, fp32_precision: str = "tf32x3") -> str:

@@ -24,7 +24,7 @@ for step in $STEPS; do
   case $step in
     check) timeout "${T_CHECK:-300}" python3 -m energy_rerank.kernels.check_gpu --out "$OUT" 2>&1 | tee "$OUT/check_gpu.log" ;;
     score) timeout "${T_SCORE:-300}" python3 bench/latency.py --device cuda --parts score --out "$OUT/bench" \
-             --providers ${PROVIDERS:-seed torch torch_compile triton triton_fused triton_layered} ${BN:+--bn $BN} 2>&1 | tee "$OUT/bench_score.log" ;;
+             --providers ${PROVIDERS:-seed torch torch_compile triton triton_fused triton_fused_cublas triton_layered} ${BN:+--bn $BN} 2>&1 | tee "$OUT/bench_score.log" ;;
     e2e)   timeout "${T_E2E:-240}" python3 bench/latency.py --device cuda --parts e2e --out "$OUT/e2e" \
              --concurrency ${CONCURRENCY:-1 4 16 64} --e2e-requests 20 2>&1 | tee "$OUT/bench_e2e.log" ;;
     profile) timeout "${T_PROFILE:-300}" python3 bench/profile_kernels.py --dtype bf16 --bn 8x64 32x64 --sweep \

@@ -59,8 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--fp32-precision", default=d.fp32_precision, choices=FP32_PRECISIONS,
                    help="triton, fp32 heads: dot precision; tf32 is faster, tf32x3 matches fp32 (default: %(default)s)")  # fmt: skip
     g.add_argument("--chains", default=d.chains, choices=CHAIN_MODES,
-                   help="triton: fused = one launch per chain of hidden-wide layers, layered = one per layer, "
-                        "auto = time both per CUDA-graph bucket at start-up and keep the faster (default: %(default)s)")  # fmt: skip
+                   help="triton: fused = one launch per chain of hidden-wide layers, fused_cublas = the same with "
+                        "the context's wide product on cuBLAS (bf16), layered = one per layer, auto = time every "
+                        "plan that can run per CUDA-graph bucket at start-up and keep the fastest (default: %(default)s)")  # fmt: skip
     g.add_argument(
         "--max-candidates",
         type=int,

@@ -28,8 +28,9 @@ class ServerConfig:
     # triton, fp32 heads: tl.dot precision; tf32x3 matches torch fp32 (~1e-7), tf32 is ~1.7x faster
     # on an H100 at ~1e-2 element-wise error (BENCHMARKS.md), ieee skips the tensor cores
     fp32_precision: str = "tf32x3"
-    # triton: "fused" chains of hidden-wide layers (6 launches a call), "layered" (21), or "auto":
-    # both captured per CUDA-graph bucket at start-up and the faster kept (kernels/README.md)
+    # triton: "fused" chains of hidden-wide layers (6 launches a call), "fused_cublas" (the same,
+    # context's D_h-wide product on cuBLAS; bf16), "layered" (21), or "auto": every plan that can
+    # run captured per CUDA-graph bucket at start-up and the fastest kept (kernels/README.md)
     chains: str = "auto"
     address: str = "127.0.0.1:50051"  # host:port to bind; loopback unless exposed on purpose
     batch: BatchConfig = field(default_factory=BatchConfig)  # dynamic batching knobs

@@ -104,6 +104,7 @@ def test_serve_chains_flag_reaches_the_server_config():
     add_parser(parser.add_subparsers())
     assert config_from_args(parser.parse_args(["serve"])).chains == "auto"
     assert config_from_args(parser.parse_args(["serve", "--chains", "layered"])).chains == "layered"
+    assert config_from_args(parser.parse_args(["serve", "--chains", "fused_cublas"])).chains == "fused_cublas"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--chains", "persistent"])
     with pytest.raises(ValueError, match="chains must be one of"):

@@ -34,7 +34,7 @@ from energy_rerank.energy import EnergyModel  # noqa: E402
 pytest.importorskip("triton")
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-KERNEL_MODULES = ("fused_linear", "fused_chain", "energy_attention", "energy_readout", "triton_scorer", "folded_weights")
+KERNEL_MODULES = ("fused_linear", "fused_chain", "row_stats", "energy_attention", "energy_readout", "triton_scorer", "folded_weights")
 FP32_TOL = 1e-3  # fp32 dots as tf32x3 on the GPU (the default fp32 precision)
 TF32_TOL = 5e-3  # single tf32 dots, relative to each context's largest |energy| (measured ~2e-3)
 BF16_TOL = 2e-2
@@ -135,7 +135,7 @@ def test_triton_tf32_within_its_tolerance(k, b, n, h, s, mask, activation):
     assert float(((out - ref).abs().amax(1) / ref.abs().amax(1)).max()) <= TF32_TOL
 
 
-@pytest.mark.parametrize("chains", ["fused", "layered"])
+@pytest.mark.parametrize("chains", ["fused", "layered"])  # fused_cublas: test_triton_bf16_inputs_and_model
 @pytest.mark.parametrize("b,n,h,s,mask,activation", [SHAPES[0], SHAPES[2]])
 def test_triton_bf16_matches_fp32_reference(k, b, n, h, s, mask, activation, chains):
     model = make_model(activation)
@@ -146,14 +146,24 @@ def test_triton_bf16_matches_fp32_reference(k, b, n, h, s, mask, activation, cha
     assert max_rel_err(scorer.score(*inputs), ref) <= BF16_TOL
 
 
-def test_triton_bf16_inputs_and_model(k):
-    """A bf16 model fed bf16 hidden states: the kernels read bf16 directly (no cast launch)."""
+@pytest.mark.parametrize("chains", ["fused", "fused_cublas", "layered"])
+def test_triton_bf16_inputs_and_model(k, chains, monkeypatch):
+    """A bf16 model fed bf16 hidden states: the kernels read bf16 directly (no cast launch), and
+    fused_cublas hands the context's first product to the library (fp32 hidden would not)."""
     model = make_model("softplus")
     hidden, valid, cand = make_inputs(2, 3, 6, 23, "random", seed=3)
+    hidden = hidden * 2 + 3  # a common offset: the epilogue finished in the chain must not lose it
     ref = reference(model, hidden, valid, cand)
     model_bf16 = make_model("softplus").to(torch.bfloat16)
-    out = k.triton_scorer.TritonScorer(model_bf16, blocks=small_blocks(k)).score(hidden.bfloat16(), valid, cand)
+    products = []
+    real = k.triton_scorer.library_product
+    monkeypatch.setattr(k.triton_scorer, "library_product", lambda x, w: products.append(x.shape) or real(x, w))
+    scorer = k.triton_scorer.TritonScorer(model_bf16, blocks=small_blocks(k), chains=chains)
+    out = scorer.score(hidden.bfloat16(), valid, cand)
     assert max_rel_err(out, ref) <= BF16_TOL
+    assert products == ([(2 * 23, 40)] if chains == "fused_cublas" else [])
+    scorer.score(hidden, valid, cand)  # fp32 hidden: the Triton GEMM reads it as it is
+    assert len(products) == (1 if chains == "fused_cublas" else 0)
 
 
 @pytest.mark.parametrize("fold_ln_min_k", [1, 32, 10**6])
@@ -287,6 +297,18 @@ def test_fused_chain_every_run_of_the_head(k, dtype):
     assert y.shape == (37, 128)
     assert float((y.float() - ref).norm() / ref.norm()) <= tol
 
+    # The whole context with its first (D_h-wide) product made outside the kernel, as the
+    # fused_cublas plan does: the chain finishes that layer's folded-LN epilogue itself.
+    xh = (torch.randn(37, 40, generator=g) * 2 + 5).to(DEVICE).to(dtype)
+    first = head.context[0]
+    product = xh.float() @ first.weight.float()  # [37, 64] fp32, what torch.mm(out_dtype=float32) returns
+    stats = k.row_stats.row_stats(xh, first.ln_eps)
+    pre_chain = fc.with_pre(fc.pack_chain(head.context[1:]), first)
+    y = fc.fused_chain(pre_chain, product, blocks=blocks, pre_stats=stats)
+    ref = _chain_reference(k, head.context, xh, 1)
+    assert y.shape == (37, 128)
+    assert float((y.float() - ref).norm() / ref.norm()) <= tol
+
     tail = [head.out_proj, *head.head]
     for steps, cands in ((5, 7), (3, 11)):
         z = torch.randn(cands * steps, 64, generator=g).to(DEVICE).to(dtype)
@@ -314,6 +336,15 @@ def test_fused_chain_refuses_what_it_cannot_run(k):
     chain = fc.pack_chain(head.head)
     with pytest.raises(ValueError, match="x must be"):
         fc.fused_chain(chain, torch.zeros(4, 7, device=DEVICE))
+    with pytest.raises(ValueError, match="pre layer needs a folded LayerNorm"):
+        fc.with_pre(chain, head.out_proj)
+    with pytest.raises(ValueError, match="must output the chain's width"):
+        fc.with_pre(fc.pack_chain(head.actions), head.context[0])
+    pre_chain = fc.with_pre(fc.pack_chain(head.context[1:]), head.context[0])
+    with pytest.raises(ValueError, match="fp32 product"):
+        fc.fused_chain(pre_chain, torch.zeros(4, 64, device=DEVICE))
+    with pytest.raises(ValueError, match="without a pre layer"):
+        fc.fused_chain(chain, torch.zeros(4, 64, device=DEVICE), pre_stats=torch.zeros(4, 2, device=DEVICE))
     with pytest.raises(ValueError, match="does not tile"):
         fc.fused_chain(chain, torch.zeros(4, 64, device=DEVICE), blocks=fc.ChainBlocks(16, 48, 16))
     # The scorer: chains="fused" names why it cannot; "auto" falls back to one launch per layer.
@@ -321,23 +352,29 @@ def test_fused_chain_refuses_what_it_cannot_run(k):
         k.triton_scorer.TritonScorer(model, fold_ln_min_k=10**6, chains="fused")
     assert k.triton_scorer.TritonScorer(model, fold_ln_min_k=10**6).plans == ("layered",)
     assert k.triton_scorer.TritonScorer(model).plans == ("fused", "layered")
+    # fused_cublas: bf16 only (an fp32 cuBLAS product follows torch's global TF32 switch)
+    assert k.triton_scorer.TritonScorer(model, dtype=torch.bfloat16).plans == ("fused", "fused_cublas", "layered")
+    with pytest.raises(ValueError, match="computes in bfloat16"):
+        k.triton_scorer.TritonScorer(model, chains="fused_cublas")
     with pytest.raises(ValueError, match="chains must be one of"):
         k.triton_scorer.TritonScorer(model, chains="persistent")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
-def test_graphs_capture_both_plans_and_keep_the_faster(k):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graphs_capture_every_plan_and_keep_the_fastest(k, dtype):
     from energy_rerank.kernels import make_scorer
 
     model = make_model("softplus")
-    scorer = make_scorer(model, "triton")  # chains="auto", CUDA graphs
     inputs = make_inputs(3, 5, 8, 29, "random", seed=4)
-    out = scorer.score(*inputs)
-    assert max_rel_err(out, reference(model, *inputs)) <= FP32_TOL
+    ref = reference(model, *inputs)
+    scorer = make_scorer(model.to(dtype), "triton")  # chains="auto", CUDA graphs
+    out = scorer.score(inputs[0].to(dtype), *inputs[1:])
+    assert max_rel_err(out, ref) <= (FP32_TOL if dtype == torch.float32 else BF16_TOL)
     graphed = scorer.impl
     (key, times), = graphed.plan_times.items()
-    assert set(times) == {"fused", "layered"}
+    assert set(times) == ({"fused", "layered"} if dtype == torch.float32 else {"fused", "fused_cublas", "layered"})
     assert graphed.graphs[key].plan == min(times, key=times.__getitem__)
 
 
@@ -357,7 +394,11 @@ def test_auto_falls_back_to_layered_when_the_chain_kernel_fails(k, monkeypatch, 
     assert scorer.plan == "fused"
     assert max_rel_err(scorer.score(*inputs), ref) <= FP32_TOL
     assert scorer.plans == ("layered",) and scorer.plan == "layered"
-    assert "fused-chain plan failed" in caplog.text
+    assert "the fused plan failed" in caplog.text
+    # bf16: fused and fused_cublas both run the chain kernel; each is dropped in turn.
+    scorer = k.triton_scorer.TritonScorer(model, dtype=torch.bfloat16, blocks=small_blocks(k))
+    assert max_rel_err(scorer.score(*inputs), ref) <= BF16_TOL
+    assert scorer.plans == ("layered",) and "the fused_cublas plan failed" in caplog.text
     with pytest.raises(ValueError, match="valid must be bool"):
         scorer.score(inputs[0], inputs[1].float(), inputs[2])
     pinned = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), chains="fused")
