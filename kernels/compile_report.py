@@ -63,6 +63,9 @@ def variants(all_configs: bool):
     configs = fused_linear.AUTOTUNE_CONFIGS if all_configs else fused_linear.AUTOTUNE_CONFIGS[:1]
     modes = {
         "ln folded (context fc1)": dict(HAS_LN=False, LN_FOLDED=True, RELU=True, RESIDUAL=False, HAS_TABLE=False),
+        # the same reading the graph's caller's tensor at an address (zero-copy CUDA-graph input)
+        "ln folded, x by address": dict(HAS_LN=False, LN_FOLDED=True, RELU=True, RESIDUAL=False, HAS_TABLE=False,
+                                        X_BY_ADDRESS=True),
         "ln folded + residual (blocks)": dict(HAS_LN=False, LN_FOLDED=True, RELU=True, RESIDUAL=True, HAS_TABLE=False),
         "ln folded + table (queries)": dict(HAS_LN=False, LN_FOLDED=True, RELU=False, RESIDUAL=False, HAS_TABLE=True),
         "ln prologue + residual": dict(HAS_LN=True, LN_FOLDED=False, RELU=True, RESIDUAL=True, HAS_TABLE=False),
@@ -70,13 +73,14 @@ def variants(all_configs: bool):
     }
     for dt, dot in (("bf16", tl.bfloat16), ("fp32", tl.float32)):
         types = {n: "*fp32" for n in ("bias_ptr", "table_ptr", "ln_w_ptr", "ln_b_ptr", "colsum_ptr", "stats_ptr")}
-        types |= {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "y_ptr": f"*{dt}", "eps": "fp32"}
+        types |= {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "y_ptr": f"*{dt}", "eps": "fp32", "x_address_ptr": "*i64"}
         types |= {n: "i32" for n in ("M", "K", "NOUT", "STEPS", "M_BUCKET", "stride_xm", "stride_ym")}
         for mode, flags in modes.items():
             for cfg in configs:
                 c = cfg.kwargs
                 label = f"linear {dt} {mode} {c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} w{cfg.num_warps}s{cfg.num_stages}"
-                yield label, lin, types, dict(flags, DOT_DTYPE=dot, PRECISION="tf32x3", **c), cfg.num_warps, cfg.num_stages
+                consts = dict({"X_BY_ADDRESS": False} | flags, DOT_DTYPE=dot, PRECISION="tf32x3", **c)
+                yield label, lin, types, consts, cfg.num_warps, cfg.num_stages
         types = {"q_ptr": f"*{dt}", "kv_ptr": f"*{dt}", "valid_ptr": "*u8", "z_ptr": f"*{dt}"}
         types |= {n: "i32" for n in ("R", "S", "HID", "stride_q", "stride_kv", "stride_z")}
         bl = energy_attention.AttentionBlocks()

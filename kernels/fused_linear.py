@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from energy_rerank.kernels.folded_weights import FoldedLinear
-from energy_rerank.kernels.row_stats import merge_moments, row_stats
+from energy_rerank.kernels.row_stats import addressed, check_address, merge_moments, row_stats
 from energy_rerank.kernels.triton_support import dot_dtype, dot_precision, interpreting
 
 
@@ -80,6 +80,7 @@ AUTOTUNE_CONFIGS = [
 @triton.jit
 def _fused_linear_kernel(
     x_ptr,  # [M, K] any float dtype, row stride stride_xm, unit column stride
+    x_address_ptr,  # [1] int64: where x really is (read only when X_BY_ADDRESS)
     w_ptr,  # [K, NOUT] compute dtype, contiguous
     bias_ptr,  # [NOUT] fp32
     table_ptr,  # [steps_max, NOUT] fp32 (read only when HAS_TABLE)
@@ -101,6 +102,7 @@ def _fused_linear_kernel(
     RELU: tl.constexpr,
     RESIDUAL: tl.constexpr,
     HAS_TABLE: tl.constexpr,
+    X_BY_ADDRESS: tl.constexpr,  # x's data at the address in x_address_ptr (row_stats.addressed)
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)
     BLOCK_M: tl.constexpr,
@@ -114,7 +116,7 @@ def _fused_linear_kernel(
     row_ok = rows < M
     col_ok = cols < NOUT
     offs_k = tl.arange(0, BLOCK_K)
-    x_rows = x_ptr + rows[:, None].to(tl.int64) * stride_xm
+    x_rows = addressed(x_ptr, x_address_ptr, X_BY_ADDRESS) + rows[:, None].to(tl.int64) * stride_xm
 
     mean = tl.zeros([BLOCK_M], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -172,7 +174,7 @@ def _quick_bench(fn, quantiles=None):  # type: ignore[no-untyped-def]
 def _autotuned_kernel():
     global _autotuned
     if _autotuned is None:
-        key = ["M_BUCKET", "K", "NOUT", "HAS_LN", "LN_FOLDED", "PRECISION"]
+        key = ["M_BUCKET", "K", "NOUT", "HAS_LN", "LN_FOLDED", "X_BY_ADDRESS", "PRECISION"]
         options = inspect.signature(triton.autotune).parameters
         extra = {k: v for k, v in (("do_bench", _quick_bench), ("cache_results", True)) if k in options}
         _autotuned = triton.autotune(AUTOTUNE_CONFIGS, key=key, **extra)(_fused_linear_kernel)
@@ -186,19 +188,22 @@ def fused_linear(
     blocks: LinearBlocks | None = None,  # None: heuristic, or autotune when `autotune`
     autotune: bool = False,  # search AUTOTUNE_CONFIGS on the GPU (first call per shape)
     fp32_precision: str = "tf32x3",  # fp32 weights: tf32x3 (about fp32), tf32 (fastest) or ieee
+    x_address: torch.Tensor | None = None,  # [1] int64: x's data is at this address, laid out like x
 ) -> torch.Tensor:
     """One launch: [M, K] -> [M, N] in the layer's compute dtype."""
     k, n = layer.weight.shape
     if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
         raise ValueError(f"fused_linear: x must be [M, {k}] with unit column stride, got {tuple(x.shape)}")
+    check_address(x_address, x)
     if layer.residual and k != n:
         raise ValueError(f"fused_linear: a residual layer needs K == N, got {k} -> {n}")
     m = x.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=layer.weight.dtype)
     has_ln = layer.ln_weight is not None
-    stats = row_stats(x, layer.ln_eps) if layer.ln_folded else layer.bias  # [M, 2] mean, rstd
+    stats = row_stats(x, layer.ln_eps, x_address=x_address) if layer.ln_folded else layer.bias  # [M, 2] mean, rstd
     args = (
         x,
+        x_address if x_address is not None else layer.bias,
         layer.weight,
         layer.bias,
         layer.table if layer.table is not None else layer.bias,
@@ -222,6 +227,7 @@ def fused_linear(
         RELU=layer.relu,
         RESIDUAL=layer.residual,
         HAS_TABLE=layer.table is not None,
+        X_BY_ADDRESS=x_address is not None,
         DOT_DTYPE=dot_dtype(layer.weight.dtype),
         PRECISION=dot_precision(layer.weight.dtype, fp32_precision),
     )

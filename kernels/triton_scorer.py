@@ -115,6 +115,10 @@ class TritonScorer:
     """Scorer protocol on the fused Triton kernels (CUDA; CPU tensors under TRITON_INTERPRET=1)."""
 
     name = "triton"
+    # Plans whose only reads of `hidden` are Triton launches, which can take its address from
+    # device memory (`hidden_address`): a CUDA graph of them reads the caller's tensor in place.
+    # fused_cublas cannot (cuBLAS takes the pointer at capture).
+    addressable_plans = ("fused", "layered")
 
     def __init__(
         self,
@@ -167,6 +171,10 @@ class TritonScorer:
         else:
             self.plans = (chains,)
         self.plan = self.plans[0]
+        # [1] int64 on the device, or None. When set, the addressable plans read `hidden`'s data at
+        # the address it holds (laid out like the `hidden` passed, which then only gives the shape):
+        # GraphedScorer sets it before capture and rewrites it before each replay.
+        self.hidden_address: torch.Tensor | None = None
 
     def _linear(self, layer, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
         return fused_linear(
@@ -252,12 +260,16 @@ class TritonScorer:
                 self.chains.context_pre, product, blocks=self.blocks.chain, autotune=self.autotune,  # type: ignore[union-attr,arg-type]
                 fp32_precision=self.fp32_precision, pre_stats=stats,
             )
-        elif fused:
-            kv = self._chain(self.chains.context, self._linear(first, x))  # type: ignore[union-attr]
         else:
-            for layer in f.context:
-                x = self._linear(layer, x)
-            kv = x  # [B*S, 2*hid]
+            address = self.hidden_address if plan in self.addressable_plans else None
+            x = fused_linear(first, x, blocks=self.blocks.linear, autotune=self.autotune,
+                             fp32_precision=self.fp32_precision, x_address=address)  # fmt: skip
+            if fused:
+                kv = self._chain(self.chains.context, x)  # type: ignore[union-attr]
+            else:
+                for layer in f.context[1:]:
+                    x = self._linear(layer, x)
+                kv = x  # [B*S, 2*hid]
 
         if main is not None:
             main.wait_stream(self.side_stream)

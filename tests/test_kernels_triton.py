@@ -166,6 +166,29 @@ def test_triton_bf16_inputs_and_model(k, chains, monkeypatch):
     assert len(products) == (1 if chains == "fused_cublas" else 0)
 
 
+@pytest.mark.parametrize("chains", ["fused", "layered", "fused_cublas"])
+def test_hidden_read_by_address(k, chains):
+    """With `hidden_address` set (as GraphedScorer does for a zero-copy replay) the addressable plans
+    read the hidden states at that address; the tensor passed only gives the shape. fused_cublas
+    (cuBLAS takes its pointer at capture) is not addressable and reads what it is passed."""
+    model = make_model("softplus")
+    dtype = torch.bfloat16 if chains == "fused_cublas" else torch.float32
+    hidden, valid, cand = make_inputs(2, 3, 4, 21, "random", seed=17)
+    hidden = hidden.to(dtype)
+    ref = reference(model, hidden.float(), valid, cand)
+    scorer = k.triton_scorer.TritonScorer(model, dtype=dtype, blocks=small_blocks(k), chains=chains)
+    scorer.hidden_address = torch.tensor([hidden.data_ptr()], dtype=torch.int64, device=DEVICE)
+    decoy = torch.zeros_like(hidden)  # same layout, other data
+    out = scorer.score(decoy, valid, cand)
+    if chains in scorer.addressable_plans:
+        assert max_rel_err(out, ref) <= FP32_TOL
+    else:
+        scorer.hidden_address = None
+        assert torch.equal(out, scorer.score(decoy, valid, cand))
+    with pytest.raises(ValueError, match="input address"):
+        k.row_stats.row_stats(hidden.view(-1, hidden.shape[-1]), 1e-5, x_address=torch.zeros(1, dtype=torch.int32))
+
+
 @pytest.mark.parametrize("fold_ln_min_k", [1, 32, 10**6])
 def test_layernorm_folded_or_not(k, fold_ln_min_k):
     """Every LN folded (default), only the wide context input (32), or none: same energies."""
@@ -376,6 +399,25 @@ def test_graphs_capture_every_plan_and_keep_the_fastest(k, dtype):
     (key, times), = graphed.plan_times.items()
     assert set(times) == ({"fused", "layered"} if dtype == torch.float32 else {"fused", "fused_cublas", "layered"})
     assert graphed.graphs[key].plan == min(times, key=times.__getitem__)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
+def test_graphs_read_a_full_bucket_in_place_and_copy_otherwise(k):
+    """A call whose B fills its bucket is replayed reading the caller's tensor (only its address is
+    written); new tensors, a repeated one and a partly filled bucket all give the right energies."""
+    from energy_rerank.kernels import make_scorer
+
+    model = make_model("softplus")
+    scorer = make_scorer(model, "triton", b_buckets=(2, 4), n_buckets=(8,))
+    sets = [make_inputs(4, 5, 8, 29, "random", seed=s) for s in (1, 2)]
+    for inputs in (*sets, sets[0]):
+        assert max_rel_err(scorer.score(*inputs), reference(model, *inputs)) <= FP32_TOL
+    (g,) = scorer.impl.graphs.values()
+    assert g.address is not None and g.pointed_at == sets[0][0].data_ptr()
+    inputs = make_inputs(3, 5, 8, 29, "random", seed=3)  # B = 3 in the bucket of 4: copied
+    assert max_rel_err(scorer.score(*inputs), reference(model, *inputs)) <= FP32_TOL
+    assert g.pointed_at == g.hidden.data_ptr()
 
 
 def test_auto_falls_back_to_layered_when_the_chain_kernel_fails(k, monkeypatch, caplog):
