@@ -9,7 +9,8 @@ the same matrix product in cuBLAS (torch.mm) or the same attention in SDPA, so t
 which launch is far from what the library reaches. --sweep also times every block
 configuration in SWEEP for each linear launch and for the attention launch. Totals compare the
 sum of launches with the eager scorer and the CUDA-graph scorer (the latter includes copying the
-inputs into the graph's static buffers).
+inputs into the graph's static buffers). Rows "fused:*" and "cublas:*" time the fused plans' own
+launches (chains of hidden-wide layers; the context's product on cuBLAS) and are not in the sum.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def profile(dtype: torch.dtype, b: int, n: int, sweep: bool) -> dict:
     kv = x
 
     z = att.masked_cross_attention(q, kv, valid, f.heads)
+    z_attention = z  # [B*N*H, hid]: the tail chain's input
     dh = f.hidden // f.heads
     qh = q.view(b, n * H, f.heads, dh).transpose(1, 2).contiguous()
     kh, vh = (t.contiguous() for t in kv.view(b, S, 2, f.heads, dh).permute(2, 0, 3, 1, 4))
@@ -132,12 +134,56 @@ def profile(dtype: torch.dtype, b: int, n: int, sweep: bool) -> dict:
         "triton_ms": bench_ms(lambda: energy_readout(f, z, steps=H)), "cublas_ms": float("nan"), "gflop": 0.0,
     })  # fmt: skip
 
+    rows += chain_rows(scorer, hidden, cand, z_attention, b, n)
+
     eager = time_scorer(scorer, b, n, S, 4096, dtype, h=H, calls=100).median_ms
     graphed = time_scorer(make_scorer(model, "triton"), b, n, S, 4096, dtype, h=H, calls=100).median_ms
     static = torch.empty_like(hidden)
     copy_ms = bench_ms(lambda: static.copy_(hidden))
     return {"dtype": str(dtype), "B": b, "N": n, "rows": rows, "eager_total_ms": eager, "graph_total_ms": graphed,
-            "input_copy_ms": copy_ms, "sum_of_launches_ms": sum(r["triton_ms"] for r in rows)}
+            "input_copy_ms": copy_ms, "sum_of_launches_ms": sum(r["triton_ms"] for r in rows if "plan" not in r)}
+
+
+def chain_rows(scorer, hidden: torch.Tensor, cand: torch.Tensor, z: torch.Tensor, b: int, n: int) -> list[dict]:
+    """The fused plans' own launches (each chain of hidden-wide layers as one launch; the
+    context's wide product in cuBLAS for fused_cublas), timed alone on the same inputs. Rows are
+    named "fused:..." and are not part of the layered plan's sum."""
+    from energy_rerank.kernels import fused_linear as fl
+    from energy_rerank.kernels.fused_chain import fused_chain
+    from energy_rerank.kernels.row_stats import row_stats
+    from energy_rerank.kernels.triton_scorer import library_product
+
+    f, chains = scorer.head, scorer.chains
+    if chains is None:
+        return []
+    out = []
+
+    def row(name: str, fn, m: int, k: int, nout: int, gflop: float) -> None:
+        fn()  # compile / autotune outside the timing
+        out.append({"launch": name, "M": m, "K": k, "N": nout, "triton_ms": bench_ms(fn),
+                    "cublas_ms": float("nan"), "gflop": gflop, "plan": "fused"})  # fmt: skip
+
+    def chain_gflop(m: int, chain) -> float:
+        return 2 * m * chain.weight.numel() / 1e9
+
+    a = cand.view(b * n * H, A)[:, f.action_offset : f.action_offset + f.action_dim]
+    row("fused:actions", lambda: fused_chain(chains.actions, a, steps=H, autotune=True), a.shape[0], A, f.hidden,
+        chain_gflop(a.shape[0], chains.actions))  # fmt: skip
+    x = hidden.view(b * S, -1)
+    first = scorer.head.context[0]
+    y = fl.fused_linear(first, x, autotune=True)
+    row("fused:context chain", lambda: fused_chain(chains.context, y, autotune=True), x.shape[0], f.hidden,
+        2 * f.hidden, chain_gflop(x.shape[0], chains.context))  # fmt: skip
+    if chains.context_pre is not None and x.dtype == first.weight.dtype and x.is_cuda:
+        row("cublas:row_stats", lambda: row_stats(x, first.ln_eps), x.shape[0], x.shape[1], 2, 0.0)
+        row("cublas:product", lambda: library_product(x, first.weight), x.shape[0], x.shape[1], f.hidden,
+            2 * x.numel() * f.hidden / 1e9)  # fmt: skip
+        p, st = library_product(x, first.weight), row_stats(x, first.ln_eps)
+        row("cublas:context chain", lambda: fused_chain(chains.context_pre, p, autotune=True, pre_stats=st),
+            x.shape[0], f.hidden, 2 * f.hidden, chain_gflop(x.shape[0], chains.context))  # fmt: skip
+    row("fused:tail+readout", lambda: fused_chain(chains.tail, z, steps=H, readout=f, autotune=True), z.shape[0],
+        f.hidden, 1, chain_gflop(z.shape[0], chains.tail))  # fmt: skip
+    return out
 
 
 def main() -> int:
