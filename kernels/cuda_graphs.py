@@ -53,8 +53,9 @@ class _Graph:
     def stage_hidden(self, hidden: torch.Tensor) -> None:
         """Make the next replay read `hidden` [b, S, D]: in place when the graph reads by address
         and `hidden` is laid out like the static buffer, else copied into the buffer's front."""
+        # 16-byte aligned: the kernels read the address with that alignment promised (row_stats.addressed)
         if self.address is not None and hidden.shape == self.hidden.shape and hidden.dtype == self.hidden.dtype \
-                and hidden.device == self.hidden.device and hidden.is_contiguous():  # fmt: skip
+                and hidden.device == self.hidden.device and hidden.is_contiguous() and hidden.data_ptr() % 16 == 0:  # fmt: skip
             self._point_at(hidden.data_ptr())
             return
         self.hidden[: hidden.shape[0]].copy_(hidden, non_blocking=True)

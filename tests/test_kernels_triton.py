@@ -418,6 +418,11 @@ def test_graphs_read_a_full_bucket_in_place_and_copy_otherwise(k):
     inputs = make_inputs(3, 5, 8, 29, "random", seed=3)  # B = 3 in the bucket of 4: copied
     assert max_rel_err(scorer.score(*inputs), reference(model, *inputs)) <= FP32_TOL
     assert g.pointed_at == g.hidden.data_ptr()
+    hidden, valid, cand = sets[1]
+    shifted = torch.empty(hidden.numel() + 1, device=hidden.device)[1:].view_as(hidden).copy_(hidden)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16  # not 16-byte aligned: copied, not read in place
+    assert max_rel_err(scorer.score(shifted, valid, cand), reference(model, hidden, valid, cand)) <= FP32_TOL
+    assert g.pointed_at == g.hidden.data_ptr()
 
 
 def test_auto_falls_back_to_layered_when_the_chain_kernel_fails(k, monkeypatch, caplog):
