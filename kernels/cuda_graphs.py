@@ -111,8 +111,7 @@ class GraphedScorer:
                 graphs[plan] = g  # else it failed in the warm-up and the graph holds the fallback
         # Timed with input staging: a fresh tensor each replay, so address plans pay their write
         # and the others their copy, as a caller's stream of new observations would.
-        fresh = [torch.randn_like(next(iter(graphs.values())).hidden, dtype=torch.float32).to(like[0].dtype)
-                 for _ in range(2)]  # fmt: skip
+        fresh = [torch.randn_like(next(iter(graphs.values())).hidden) for _ in range(2)]
         times = self.plan_times[key] = {plan: _median_replay_ms(g, fresh) for plan, g in graphs.items()}
         del fresh
         best = min(times, key=times.__getitem__)
