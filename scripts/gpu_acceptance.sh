@@ -9,6 +9,8 @@
 # step everything so far is packed into OUTDIR.tgz (the device tool returns at most 8 files).
 #   bash scripts/gpu_acceptance.sh OUTDIR [steps...]     steps: check score e2e profile compile
 #                                                        (default: check score e2e)
+# check compiles every kernel variant and autotune config of three plans on a fresh machine
+# (minutes), so give it a device command of its own; later steps reuse triton's on-disk cache.
 # Limits and grids can be narrowed from the environment: T_CHECK T_SCORE T_E2E (seconds),
 # BN (scoring shapes, e.g. "8x64 32x64"), PROVIDERS, CONCURRENCY; TGZ (the archive's path).
 set -u
@@ -22,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,
 python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
 for step in $STEPS; do
   case $step in
-    check) timeout "${T_CHECK:-300}" python3 -m energy_rerank.kernels.check_gpu --out "$OUT" 2>&1 | tee "$OUT/check_gpu.log" ;;
+    check) timeout "${T_CHECK:-540}" python3 -m energy_rerank.kernels.check_gpu --out "$OUT" 2>&1 | tee "$OUT/check_gpu.log" ;;
     score) timeout "${T_SCORE:-300}" python3 bench/latency.py --device cuda --parts score --out "$OUT/bench" \
              --providers ${PROVIDERS:-seed torch torch_compile triton triton_fused triton_fused_cublas triton_layered} ${BN:+--bn $BN} 2>&1 | tee "$OUT/bench_score.log" ;;
     e2e)   timeout "${T_E2E:-240}" python3 bench/latency.py --device cuda --parts e2e --out "$OUT/e2e" \
