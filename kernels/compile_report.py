@@ -79,14 +79,17 @@ def variants(all_configs: bool):
             for cfg in configs:
                 c = cfg.kwargs
                 label = f"linear {dt} {mode} {c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} w{cfg.num_warps}s{cfg.num_stages}"
-                consts = dict({"X_BY_ADDRESS": False} | flags, DOT_DTYPE=dot, PRECISION="tf32x3", **c)
+                consts = dict({"X_BY_ADDRESS": False, "X_ALIGN": 16} | flags, DOT_DTYPE=dot, PRECISION="tf32x3", **c)
                 yield label, lin, types, consts, cfg.num_warps, cfg.num_stages
-        types = {"q_ptr": f"*{dt}", "kv_ptr": f"*{dt}", "valid_ptr": "*u8", "z_ptr": f"*{dt}"}
+        types = {"q_ptr": f"*{dt}", "kv_ptr": f"*{dt}", "valid_ptr": "*u8", "z_ptr": f"*{dt}", "valid_address_ptr": "*i64"}
         types |= {n: "i32" for n in ("R", "S", "HID", "stride_q", "stride_kv", "stride_z")}
         bl = energy_attention.AttentionBlocks()
-        consts = dict(DH=64, DOT_DTYPE=dot, PRECISION="tf32x3", BLOCK_M=bl.block_m, BLOCK_S=bl.block_s)
-        label = f"attention {dt} d_head 64 {bl.block_m}x{bl.block_s} w{bl.num_warps}s{bl.num_stages}"
-        yield label, energy_attention._masked_cross_attention_kernel, types, consts, bl.num_warps, bl.num_stages
+        for by_address in (False, True):  # True: the mask read at an address (zero-copy CUDA-graph input)
+            consts = dict(DH=64, VALID_BY_ADDRESS=by_address, DOT_DTYPE=dot, PRECISION="tf32x3", BLOCK_M=bl.block_m,
+                          BLOCK_S=bl.block_s)  # fmt: skip
+            label = f"attention {dt} d_head 64{', valid by address' if by_address else ''} {bl.block_m}x{bl.block_s} " \
+                    f"w{bl.num_warps}s{bl.num_stages}"  # fmt: skip
+            yield label, energy_attention._masked_cross_attention_kernel, types, consts, bl.num_warps, bl.num_stages
         types = {n: "*fp32" for n in ("ln_w_ptr", "ln_b_ptr", "w_ptr", "bias_ptr", "out_ptr")}
         types |= {"x_ptr": f"*{dt}", **{n: "i32" for n in ("C", "H", "HID", "stride_x")}}
         types |= {n: "fp32" for n in ("eps", "prescale", "scale", "offset")}
@@ -95,6 +98,7 @@ def variants(all_configs: bool):
         # the fused plan's chains (seed head: A = 7, hidden 512, H = 8)
         types = {n: "*fp32" for n in ("bias_ptr", "colsum_ptr", "eps_ptr", "table_ptr", "ro_ln_w_ptr", "ro_ln_b_ptr",
                                       "ro_w_ptr", "ro_b_ptr", "out_ptr", "pre_stats_ptr", "pre_colsum_ptr", "pre_bias_ptr")}
+        types["x_address_ptr"] = "*i64"
         types |= {n: f"*{dt}" for n in ("x_ptr", "w_ptr", "scratch_ptr", "y_ptr")}
         types |= {n: "i32" for n in ("C", "H", "STEPS", "C_BUCKET", "stride_x")}
         types |= {n: "fp32" for n in ("ro_eps", "prescale", "scale", "offset")}
@@ -103,6 +107,9 @@ def variants(all_configs: bool):
         chains = {
             "actions": dict(K0=7, NLAST=512, LAYERS=3, LN_MASK=7, RELU_MASK=3, RES_MASK=2, HAS_TABLE=True, READOUT=False,
                             H_P=1, PRE=0),
+            # the same reading the caller's candidates at an address (zero-copy CUDA-graph input)
+            "actions, x by address": dict(K0=7, NLAST=512, LAYERS=3, LN_MASK=7, RELU_MASK=3, RES_MASK=2, HAS_TABLE=True,
+                                          READOUT=False, H_P=1, PRE=0, X_BY_ADDRESS=True),
             "context": context,
             "context+pre": dict(context, PRE=2),  # fused_cublas: x is the fp32 cuBLAS product
             "tail+readout": dict(K0=512, NLAST=512, LAYERS=4, LN_MASK=14, RELU_MASK=14, RES_MASK=12, HAS_TABLE=False,
@@ -117,7 +124,7 @@ def variants(all_configs: bool):
                 rows = c["BLOCK_C"]
                 c["BLOCK_C"] = max(1, rows // flags["H_P"])
                 label = f"chain {dt} {name} {rows}x{c['BLOCK_N']}x{c['BLOCK_K']} w{cfg.num_warps}s{cfg.num_stages}"
-                consts = dict(flags, HID=512, ACTIVATION=2, DOT_DTYPE=dot, PRECISION="tf32x3", **c)
+                consts = dict({"X_BY_ADDRESS": False} | flags, HID=512, ACTIVATION=2, DOT_DTYPE=dot, PRECISION="tf32x3", **c)
                 chain_types = dict(types, x_ptr="*fp32") if flags["PRE"] else types
                 yield label, fused_chain._fused_chain_kernel, chain_types, consts, cfg.num_warps, cfg.num_stages
 

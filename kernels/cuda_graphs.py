@@ -8,25 +8,27 @@ scored eagerly. Padding never changes real outputs:
 every context and every candidate is scored independently. Padded contexts keep valid = True,
 so their (discarded) energies stay finite.
 
-The hidden states are most of the input (B = 8, S = 300, D_h = 4096 in bf16: 19.6 MB, an 18 us
-copy on the H100, against a 0.10 ms budget for the whole call). A plan whose launches can read
-them by address (TritonScorer.addressable_plans) is captured reading through a one-int64 device
-buffer, and a call whose B fills its bucket only writes the tensor's address there (one tiny
-launch, skipped when the address is the last one's): the graph reads the caller's tensor in
-place. Other calls, and other plans, copy into the static buffer as before.
+Copying the inputs in costs time against a 0.10 ms budget for the whole call: the hidden states
+are 19.6 MB at B = 8, S = 300, D_h = 4096 in bf16 (18 us on the H100), and each copy is a host
+launch the GPU waits for. A plan whose launches can read the inputs by address
+(TritonScorer.addressable_plans, input_address.py) is captured reading through a [3] int64
+device buffer; a call whose B and N fill the bucket only writes its tensors' addresses there
+(one 24-byte copy from pinned memory, skipped when they repeat) and the graph reads the
+caller's tensors in place. Other calls, and other plans, copy into the static buffers.
 
 Any scorer whose `score` does no host synchronisation can be wrapped (TritonScorer, TorchScorer).
 Autotuning runs during the warm-up before capture, never inside it. A scorer that offers several
 plans for the same energies (TritonScorer's `plans`: fused chains or one launch per layer) gets
 each captured and its replays timed, and the fastest kept per bucket (`plan_times` records them):
 which plan wins depends on the GPU and the shape, and measuring once at capture beats guessing.
-Each plan is timed with its input staging (the copy, or the address write) included.
+Each plan is timed with its input staging (the copies, or the address write) included.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,25 +49,41 @@ class _Graph:
     candidates: torch.Tensor  # [Bb, Nb, H, A] static input
     energies: torch.Tensor  # [Bb, Nb] static output
     plan: str | None = None  # the inner scorer's plan captured in this graph (None: it has one)
-    address: torch.Tensor | None = None  # [1] int64: where the graph reads hidden (addressable plans)
-    pointed_at: int = 0  # the address last written there (a repeat needs no write)
+    # Addressable plans (TritonScorer.addressable_plans): the graph reads its three inputs at the
+    # addresses held here, and `pointers` computes them for a set of inputs (input_pointers).
+    address: torch.Tensor | None = None  # [3] int64 on the device: hidden, valid, candidates
+    pointers: Callable[..., tuple[int, ...]] | None = None
+    staged: torch.Tensor | None = None  # [3] int64 pinned host copy of `address`, the source of its writes
+    written: torch.cuda.Event | None = None  # after the last write: `staged` is free to change again
+    pointed_at: tuple[int, ...] = ()  # the addresses last written (a repeat needs no write)
 
-    def stage_hidden(self, hidden: torch.Tensor) -> None:
-        """Make the next replay read `hidden` [b, S, D]: in place when the graph reads by address
-        and `hidden` is laid out like the static buffer, else copied into the buffer's front."""
-        # 16-byte aligned: the kernels read the address with that alignment promised (row_stats.addressed)
-        if self.address is not None and hidden.shape == self.hidden.shape and hidden.dtype == self.hidden.dtype \
-                and hidden.device == self.hidden.device and hidden.is_contiguous() and hidden.data_ptr() % 16 == 0:  # fmt: skip
-            self._point_at(hidden.data_ptr())
-            return
-        self.hidden[: hidden.shape[0]].copy_(hidden, non_blocking=True)
+    def stage(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> None:
+        """Make the next replay read these inputs [b, S, D], [b, S], [b, n, H, A]: in place when the
+        graph reads by address and each is laid out like its static buffer (B and N fill the
+        bucket), else copied into the buffers' fronts."""
+        inputs = (hidden, valid, candidates)
+        statics = (self.hidden, self.valid, self.candidates)
+        in_place = self.address is not None and hidden.data_ptr() % 16 == 0 and all(
+            x.shape == st.shape and x.dtype == st.dtype and x.device == st.device and x.is_contiguous()
+            for x, st in zip(inputs, statics, strict=True)
+        )  # hidden 16-byte aligned: its kernels read the address with that alignment promised
+        if not in_place:
+            b, n = candidates.shape[:2]
+            self.hidden[:b].copy_(hidden, non_blocking=True)
+            self.valid[:b].copy_(valid, non_blocking=True)
+            self.candidates[:b, :n].copy_(candidates, non_blocking=True)
+            inputs = statics
         if self.address is not None:
-            self._point_at(self.hidden.data_ptr())
+            self._point_at(self.pointers(*inputs))  # type: ignore[misc]
 
-    def _point_at(self, pointer: int) -> None:
-        if pointer != self.pointed_at:
-            self.address.fill_(pointer)  # type: ignore[union-attr]  # stream-ordered before the replay
-            self.pointed_at = pointer
+    def _point_at(self, pointers: tuple[int, ...]) -> None:
+        if pointers == self.pointed_at:
+            return
+        self.written.synchronize()  # type: ignore[union-attr]  # the previous write has read `staged` (long since)
+        self.staged.numpy()[:] = pointers  # type: ignore[union-attr]
+        self.address.copy_(self.staged, non_blocking=True)  # type: ignore[union-attr]  # one 24-byte copy, stream-ordered
+        self.written.record()  # type: ignore[union-attr]
+        self.pointed_at = pointers
 
 
 def bucket(value: int, buckets: tuple[int, ...]) -> int | None:
@@ -111,7 +129,8 @@ class GraphedScorer:
                 graphs[plan] = g  # else it failed in the warm-up and the graph holds the fallback
         # Timed with input staging: a fresh tensor each replay, so address plans pay their write
         # and the others their copy, as a caller's stream of new observations would.
-        fresh = [torch.randn_like(next(iter(graphs.values())).hidden) for _ in range(2)]
+        g0 = next(iter(graphs.values()))
+        fresh = [(torch.randn_like(g0.hidden), g0.valid.clone(), g0.candidates.clone()) for _ in range(2)]
         times = self.plan_times[key] = {plan: _median_replay_ms(g, fresh) for plan, g in graphs.items()}
         del fresh
         best = min(times, key=times.__getitem__)
@@ -129,26 +148,34 @@ class GraphedScorer:
         static_v = torch.ones(bb, s, dtype=torch.bool, device=dev)
         static_c = torch.zeros(bb, nb, h, candidates.shape[-1], dtype=candidates.dtype, device=dev)
         by_address = plan in getattr(self.inner, "addressable_plans", ())
-        address = torch.tensor([static_h.data_ptr()], dtype=torch.int64, device=dev) if by_address else None
+        pointers = self.inner.input_pointers if by_address else None  # type: ignore[attr-defined]
+        address = torch.tensor(pointers(static_h, static_v, static_c), device=dev) if pointers else None
         side = torch.cuda.Stream(device=dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         try:
             if by_address:
-                self.inner.hidden_address = address  # type: ignore[attr-defined]
+                self.inner.input_addresses = address  # type: ignore[attr-defined]
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):
                     self.inner.score(static_h, static_v, static_c)
             torch.cuda.current_stream(dev).wait_stream(side)
             if by_address and self.inner.plan != plan:  # type: ignore[attr-defined]
-                address = None  # the plan failed in the warm-up; the fallback reads the buffer
-                self.inner.hidden_address = None  # type: ignore[attr-defined]
+                address = None  # the plan failed in the warm-up; the fallback reads the buffers
+                self.inner.input_addresses = None  # type: ignore[attr-defined]
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 out = self.inner.score(static_h, static_v, static_c)
         finally:
             if by_address:
-                self.inner.hidden_address = None  # type: ignore[attr-defined]  # eager calls read what they are given
-        return _Graph(graph, static_h, static_v, static_c, out, plan, address, static_h.data_ptr() if by_address else 0)
+                self.inner.input_addresses = None  # type: ignore[attr-defined]  # eager calls read what they are given
+        g = _Graph(graph, static_h, static_v, static_c, out, plan)
+        if address is not None:
+            g.address, g.pointers = address, pointers
+            g.staged = torch.empty(3, dtype=torch.int64, pin_memory=True)
+            g.written = torch.cuda.Event()
+            g.written.record()
+            g.pointed_at = pointers(static_h, static_v, static_c)  # type: ignore[misc]
+        return g
 
     def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D], valid [B, S] bool, candidates [B, N, H, A] -> energies [B, N] float32."""
@@ -168,26 +195,25 @@ class GraphedScorer:
         g = self.graphs.get(key)
         if g is None:
             g = self.graphs[key] = self._capture(key, (hidden, valid, candidates))
-        g.stage_hidden(hidden)
-        g.valid[:b].copy_(valid, non_blocking=True)
-        g.candidates[:b, :n].copy_(candidates, non_blocking=True)
+        g.stage(hidden, valid, candidates)
         g.graph.replay()
-        return g.energies[:b, :n].clone()  # [B, N]; the static output is overwritten by the next replay
+        out = g.energies if (b, n) == tuple(g.energies.shape) else g.energies[:b, :n]
+        return out.clone()  # [B, N]; the static output is overwritten by the next replay
 
 
-def _median_replay_ms(g: _Graph, fresh: list[torch.Tensor], warmup: int = 3, reps: int = 15) -> float:
-    """Median GPU time of staging a new hidden tensor and one replay, from CUDA events (the
-    comparison between a bucket's plans). `fresh`: full-bucket tensors shaped like g.hidden."""
+def _median_replay_ms(g: _Graph, fresh: list[tuple[torch.Tensor, ...]], warmup: int = 3, reps: int = 15) -> float:
+    """Median GPU time of staging new inputs and one replay, from CUDA events (the comparison
+    between a bucket's plans). `fresh`: full-bucket (hidden, valid, candidates) sets."""
     times = []
     for i in range(warmup + reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        g.stage_hidden(fresh[i % len(fresh)])
+        g.stage(*fresh[i % len(fresh)])
         g.graph.replay()
         end.record()
         end.synchronize()
         if i >= warmup:
             times.append(start.elapsed_time(end))
     if g.address is not None:
-        g._point_at(g.hidden.data_ptr())  # back to the static buffer: `fresh` is about to be freed
+        g._point_at(g.pointers(g.hidden, g.valid, g.candidates))  # type: ignore[misc]  # `fresh` is about to be freed
     return sorted(times)[len(times) // 2]

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from energy_rerank.kernels.input_address import addressed, check_address
 from energy_rerank.kernels.triton_support import dot_dtype, dot_precision
 
 
@@ -44,6 +45,7 @@ def _masked_cross_attention_kernel(
     q_ptr,  # [B*R, heads*DH] scaled queries, row stride stride_q
     kv_ptr,  # [B*S, 2*heads*DH] keys | values, row stride stride_kv
     valid_ptr,  # [B, S] uint8, 1 = attend
+    valid_address_ptr,  # [1] int64: where valid really is (read only when VALID_BY_ADDRESS)
     z_ptr,  # [B*R, heads*DH] output, row stride stride_z
     R,
     S,
@@ -52,6 +54,7 @@ def _masked_cross_attention_kernel(
     stride_kv,
     stride_z,
     DH: tl.constexpr,
+    VALID_BY_ADDRESS: tl.constexpr,  # valid's data at the address in valid_address_ptr (row_stats.addressed)
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)
     BLOCK_M: tl.constexpr,
@@ -67,6 +70,7 @@ def _masked_cross_attention_kernel(
     q = tl.load(q_ptr + q_rows * stride_q + head * DH + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     q = q.to(DOT_DTYPE)
 
+    valid_row = addressed(valid_ptr, valid_address_ptr, VALID_BY_ADDRESS, 1) + b * S
     k_base = kv_ptr + b * S * stride_kv + head * DH
     v_base = k_base + HID
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
@@ -75,7 +79,7 @@ def _masked_cross_attention_kernel(
     for s0 in range(0, S, BLOCK_S):
         keys = s0 + tl.arange(0, BLOCK_S)
         in_range = keys < S
-        keep = tl.load(valid_ptr + b * S + keys, mask=in_range, other=0) != 0
+        keep = tl.load(valid_row + keys, mask=in_range, other=0) != 0
         k = tl.load(k_base + keys[None, :] * stride_kv + offs_d[:, None], mask=in_range[None, :], other=0.0)
         scores = tl.dot(q, k.to(DOT_DTYPE), input_precision=PRECISION)  # [BLOCK_M, BLOCK_S], log2 units
         scores = tl.where(keep[None, :], scores, float("-inf"))
@@ -99,9 +103,11 @@ def masked_cross_attention(
     heads: int,
     blocks: AttentionBlocks | None = None,
     fp32_precision: str = "tf32x3",  # fp32 inputs: tf32x3 (about fp32), tf32 (fastest) or ieee
+    valid_address: torch.Tensor | None = None,  # [1] int64: valid's data is at this address, laid out like valid
 ) -> torch.Tensor:
     """One launch -> attention output [B*R, hid] in q's dtype."""
     b, s = valid.shape
+    check_address(valid_address, valid)
     hid = q.shape[1]
     dh = hid // heads
     if hid % heads or dh < 16 or dh & (dh - 1):
@@ -120,6 +126,7 @@ def masked_cross_attention(
         q,
         kv,
         valid.view(torch.uint8),
+        valid_address if valid_address is not None else kv,
         z,
         r,
         s,
@@ -128,6 +135,7 @@ def masked_cross_attention(
         kv.stride(0),
         z.stride(0),
         DH=dh,
+        VALID_BY_ADDRESS=valid_address is not None,
         DOT_DTYPE=dot_dtype(q.dtype),
         PRECISION=dot_precision(q.dtype, fp32_precision),
         BLOCK_M=bl.block_m,

@@ -44,6 +44,7 @@ import triton.language as tl
 
 from energy_rerank.kernels.energy_readout import store_energies
 from energy_rerank.kernels.folded_weights import FoldedEnergyHead, FoldedLinear
+from energy_rerank.kernels.input_address import addressed, check_address
 from energy_rerank.kernels.row_stats import merge_moments
 from energy_rerank.kernels.triton_support import dot_dtype, dot_precision, interpreting
 
@@ -169,6 +170,7 @@ CHAIN_AUTOTUNE_CONFIGS = [
 @triton.jit
 def _fused_chain_kernel(
     x_ptr,  # [M, K0] chain input, any float dtype, row stride stride_x, unit column stride
+    x_address_ptr,  # [1] int64: where x really is (read only when X_BY_ADDRESS)
     w_ptr,  # packed weights, compute dtype (PackedChain.weight)
     bias_ptr,  # packed biases, fp32
     colsum_ptr,  # packed folded-LN column sums, fp32
@@ -203,6 +205,7 @@ def _fused_chain_kernel(
     HAS_TABLE: tl.constexpr,
     READOUT: tl.constexpr,
     PRE: tl.constexpr,  # 0: x is the chain's input; 1: x is a pre layer's fp32 product; 2: the same with ReLU
+    X_BY_ADDRESS: tl.constexpr,  # x's data at the address in x_address_ptr (input_address.addressed; no alignment promised)
     ACTIVATION: tl.constexpr,  # 0 identity, 1 sigmoid, 2 softplus
     H_P: tl.constexpr,  # H padded to a power of two (1 without READOUT)
     DOT_DTYPE: tl.constexpr,
@@ -226,7 +229,7 @@ def _fused_chain_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     SW: tl.constexpr = HID if HID > NLAST else NLAST  # scratch row width
     scratch = scratch_ptr + pid.to(tl.int64) * (2 * BLOCK_M * SW)
-    x_rows = x_ptr + first * stride_x + (local * stride_x)[:, None]
+    x_rows = addressed(x_ptr, x_address_ptr, X_BY_ADDRESS, 1) + first * stride_x + (local * stride_x)[:, None]
 
     # Statistics of the chain's input (the later layers' come from the previous epilogue).
     mean = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -352,7 +355,7 @@ def _rows_to_candidates(configs: list, h_p: int) -> list:
 
 def _autotuned_kernel(h_p: int):
     if h_p not in _autotuned:
-        key = ["C_BUCKET", "K0", "HID", "NLAST", "LAYERS", "READOUT", "PRE", "H_P", "PRECISION"]
+        key = ["C_BUCKET", "K0", "HID", "NLAST", "LAYERS", "READOUT", "PRE", "X_BY_ADDRESS", "H_P", "PRECISION"]
         options = inspect.signature(triton.autotune).parameters
         extra = {k: v for k, v in (("do_bench", _quick_bench), ("cache_results", True)) if k in options}
         configs = _rows_to_candidates(CHAIN_AUTOTUNE_CONFIGS, h_p)
@@ -369,6 +372,7 @@ def fused_chain(
     autotune: bool = False,
     fp32_precision: str = "tf32x3",
     pre_stats: torch.Tensor | None = None,  # [M, 2] fp32 row_stats of the pre layer's input (with_pre chains)
+    x_address: torch.Tensor | None = None,  # [1] int64: x's data is at this address, laid out like x
 ) -> torch.Tensor:
     """One launch: x [M, K0] -> [M, N_last] in the compute dtype, or energies [M // steps] with `readout`.
     For a `with_pre` chain x is the pre layer's fp32 product and `pre_stats` its input's row_stats."""
@@ -380,6 +384,7 @@ def fused_chain(
         raise ValueError("fused_chain: a chain with a pre layer takes its fp32 product as x and contiguous [M, 2] pre_stats")
     if not pre and pre_stats is not None:
         raise ValueError("fused_chain: pre_stats given for a chain without a pre layer (see with_pre)")
+    check_address(x_address, x)
     if readout is not None and (m % steps or chain.n_last != chain.hid):
         raise ValueError(f"fused_chain readout: {m} rows are not whole candidates of {steps} steps")
     dtype = chain.weight.dtype
@@ -403,7 +408,7 @@ def fused_chain(
         act = (1e-5, 1.0, 1.0, 0.0)
         activation = 0
     args = (
-        x, chain.weight, chain.bias, chain.colsum, chain.eps,
+        x, x_address if x_address is not None else chain.bias, chain.weight, chain.bias, chain.colsum, chain.eps,
         chain.table if chain.table is not None else chain.bias,
         scratch, y, *ro, out,
         pre_stats if pre else chain.bias, chain.pre_colsum if pre else chain.bias, chain.pre_bias if pre else chain.bias,
@@ -412,7 +417,8 @@ def fused_chain(
     flags = dict(
         K0=chain.k0, HID=chain.hid, NLAST=chain.n_last, LAYERS=chain.layers, LN_MASK=chain.ln_mask,
         RELU_MASK=chain.relu_mask, RES_MASK=chain.res_mask, HAS_TABLE=chain.table is not None,
-        READOUT=readout is not None, PRE=(2 if chain.pre_relu else 1) if pre else 0, ACTIVATION=activation, H_P=h_p,
+        READOUT=readout is not None, PRE=(2 if chain.pre_relu else 1) if pre else 0,
+        X_BY_ADDRESS=x_address is not None, ACTIVATION=activation, H_P=h_p,
         DOT_DTYPE=dot_dtype(dtype), PRECISION=dot_precision(dtype, fp32_precision),
     )
     if autotune and blocks is None and not interpreting():

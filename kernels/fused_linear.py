@@ -33,7 +33,8 @@ import triton
 import triton.language as tl
 
 from energy_rerank.kernels.folded_weights import FoldedLinear
-from energy_rerank.kernels.row_stats import addressed, check_address, merge_moments, row_stats
+from energy_rerank.kernels.input_address import addressed, check_address
+from energy_rerank.kernels.row_stats import merge_moments, row_stats
 from energy_rerank.kernels.triton_support import dot_dtype, dot_precision, interpreting
 
 
@@ -103,6 +104,7 @@ def _fused_linear_kernel(
     RESIDUAL: tl.constexpr,
     HAS_TABLE: tl.constexpr,
     X_BY_ADDRESS: tl.constexpr,  # x's data at the address in x_address_ptr (row_stats.addressed)
+    X_ALIGN: tl.constexpr,  # that address's guaranteed byte alignment
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)
     BLOCK_M: tl.constexpr,
@@ -116,7 +118,7 @@ def _fused_linear_kernel(
     row_ok = rows < M
     col_ok = cols < NOUT
     offs_k = tl.arange(0, BLOCK_K)
-    x_rows = addressed(x_ptr, x_address_ptr, X_BY_ADDRESS) + rows[:, None].to(tl.int64) * stride_xm
+    x_rows = addressed(x_ptr, x_address_ptr, X_BY_ADDRESS, X_ALIGN) + rows[:, None].to(tl.int64) * stride_xm
 
     mean = tl.zeros([BLOCK_M], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -189,6 +191,7 @@ def fused_linear(
     autotune: bool = False,  # search AUTOTUNE_CONFIGS on the GPU (first call per shape)
     fp32_precision: str = "tf32x3",  # fp32 weights: tf32x3 (about fp32), tf32 (fastest) or ieee
     x_address: torch.Tensor | None = None,  # [1] int64: x's data is at this address, laid out like x
+    x_align: int = 16,  # the byte alignment that address is guaranteed to have (16 or 1)
 ) -> torch.Tensor:
     """One launch: [M, K] -> [M, N] in the layer's compute dtype."""
     k, n = layer.weight.shape
@@ -200,7 +203,7 @@ def fused_linear(
     m = x.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=layer.weight.dtype)
     has_ln = layer.ln_weight is not None
-    stats = row_stats(x, layer.ln_eps, x_address=x_address) if layer.ln_folded else layer.bias  # [M, 2] mean, rstd
+    stats = row_stats(x, layer.ln_eps, x_address=x_address, x_align=x_align) if layer.ln_folded else layer.bias
     args = (
         x,
         x_address if x_address is not None else layer.bias,
@@ -228,6 +231,7 @@ def fused_linear(
         RESIDUAL=layer.residual,
         HAS_TABLE=layer.table is not None,
         X_BY_ADDRESS=x_address is not None,
+        X_ALIGN=x_align,
         DOT_DTYPE=dot_dtype(layer.weight.dtype),
         PRECISION=dot_precision(layer.weight.dtype, fp32_precision),
     )

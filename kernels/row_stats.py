@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from energy_rerank.kernels.input_address import addressed, check_address
+
 
 @triton.jit
 def merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K: tl.constexpr):
@@ -37,18 +39,6 @@ def merge_moments(mean, m2, x, k_ok, k0, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def addressed(x_ptr, address_ptr, BY_ADDRESS: tl.constexpr):
-    """x_ptr, or with BY_ADDRESS the pointer stored in address_ptr[0] (int64, 16-byte aligned),
-    typed like x_ptr: a launch captured once in a CUDA graph then reads whichever tensor the
-    address names at replay, so the graph's caller need not copy its input into a static buffer
-    (cuda_graphs.py)."""
-    base = x_ptr
-    if BY_ADDRESS:
-        base = tl.multiple_of(tl.load(address_ptr).to(tl.pointer_type(x_ptr.dtype.element_ty)), 16)
-    return base
-
-
-@triton.jit
 def _row_stats_kernel(
     x_ptr,  # [M, K] any float dtype, row stride stride_x, unit column stride
     address_ptr,  # [1] int64: where x really is (read only when BY_ADDRESS)
@@ -58,12 +48,13 @@ def _row_stats_kernel(
     stride_x,
     eps,
     BY_ADDRESS: tl.constexpr,
+    ALIGN: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
-    x_rows = addressed(x_ptr, address_ptr, BY_ADDRESS) + rows[:, None].to(tl.int64) * stride_x
+    x_rows = addressed(x_ptr, address_ptr, BY_ADDRESS, ALIGN) + rows[:, None].to(tl.int64) * stride_x
     offs_k = tl.arange(0, BLOCK_K)
     mean = tl.zeros([BLOCK_M], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -83,6 +74,7 @@ def row_stats(
     block_m: int = 16,
     block_k: int = 128,
     x_address: torch.Tensor | None = None,  # [1] int64 on x's device: read the data there instead (see `addressed`)
+    x_align: int = 16,  # the byte alignment that address is guaranteed to have
 ) -> torch.Tensor:
     """x [M, K] (unit column stride) -> [M, 2] float32 (mean, 1 / sqrt(var + eps)) per row."""
     if x.dim() != 2 or x.stride(1) != 1:
@@ -93,12 +85,6 @@ def row_stats(
     block_k = min(block_k, max(16, triton.next_power_of_2(k)))
     _row_stats_kernel[(triton.cdiv(m, block_m),)](
         x, x_address if x_address is not None else stats, stats, m, k, x.stride(0), eps,
-        BY_ADDRESS=x_address is not None, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=4,
+        BY_ADDRESS=x_address is not None, ALIGN=x_align, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=4,
     )
     return stats
-
-
-def check_address(address: torch.Tensor | None, x: torch.Tensor) -> None:
-    """An input address is one int64 on x's device (the data it names must be laid out like x)."""
-    if address is not None and (address.shape != (1,) or address.dtype != torch.int64 or address.device != x.device):
-        raise ValueError(f"an input address is a [1] int64 tensor on {x.device}, got {address.dtype} {tuple(address.shape)}")

@@ -115,9 +115,9 @@ class TritonScorer:
     """Scorer protocol on the fused Triton kernels (CUDA; CPU tensors under TRITON_INTERPRET=1)."""
 
     name = "triton"
-    # Plans whose only reads of `hidden` are Triton launches, which can take its address from
-    # device memory (`hidden_address`): a CUDA graph of them reads the caller's tensor in place.
-    # fused_cublas cannot (cuBLAS takes the pointer at capture).
+    # Plans whose every read of the inputs is a Triton launch, which can take the input's address
+    # from device memory (`input_addresses`): a CUDA graph of them reads the caller's tensors in
+    # place. fused_cublas cannot (cuBLAS takes its pointer at capture).
     addressable_plans = ("fused", "layered")
 
     def __init__(
@@ -171,20 +171,26 @@ class TritonScorer:
         else:
             self.plans = (chains,)
         self.plan = self.plans[0]
-        # [1] int64 on the device, or None. When set, the addressable plans read `hidden`'s data at
-        # the address it holds (laid out like the `hidden` passed, which then only gives the shape):
-        # GraphedScorer sets it before capture and rewrites it before each replay.
-        self.hidden_address: torch.Tensor | None = None
+        # [3] int64 on the device, or None. When set, the addressable plans read hidden, valid and
+        # candidates at the addresses it holds (`input_pointers`), laid out like the tensors passed,
+        # which then only give the shapes: GraphedScorer sets it before capture and rewrites it
+        # before a replay. hidden's address must be 16-byte aligned (its loads are vectorised).
+        self.input_addresses: torch.Tensor | None = None
+
+    def input_pointers(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> tuple[int, int, int]:
+        """The three addresses `input_addresses` holds for these inputs (candidates: the first scored action dim)."""
+        return hidden.data_ptr(), valid.data_ptr(), candidates.data_ptr() + self.head.action_offset * candidates.element_size()
 
     def _linear(self, layer, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
         return fused_linear(
             layer, x, steps=steps, blocks=self.blocks.linear, autotune=self.autotune, fp32_precision=self.fp32_precision
         )
 
-    def _chain(self, chain: PackedChain, x: torch.Tensor, steps: int = 1, readout: bool = False) -> torch.Tensor:
+    def _chain(self, chain: PackedChain, x: torch.Tensor, steps: int = 1, readout: bool = False,
+               x_address: torch.Tensor | None = None) -> torch.Tensor:
         return fused_chain(
             chain, x, steps=steps, readout=self.head if readout else None, blocks=self.blocks.chain,
-            autotune=self.autotune, fp32_precision=self.fp32_precision,
+            autotune=self.autotune, fp32_precision=self.fp32_precision, x_address=x_address,
         )
 
     @torch.inference_mode()
@@ -237,6 +243,8 @@ class TritonScorer:
         # The library product needs the weights' dtype in; other inputs take the Triton GEMM,
         # which reads any float dtype.
         library = plan == "fused_cublas" and x.dtype == first.weight.dtype
+        at = self.input_addresses if plan in self.addressable_plans else None
+        hidden_at, valid_at, actions_at = (None, None, None) if at is None else (at[0:1], at[1:2], at[2:3])
         main = torch.cuda.current_stream(dev) if self.side_stream is not None else None
         if main is not None:
             self.side_stream.wait_stream(main)
@@ -246,9 +254,11 @@ class TritonScorer:
                 stats_ready = self.side_stream.record_event() if main is not None else None
             a = candidates.view(b * n * h, a_in)[:, f.action_offset : f.action_offset + f.action_dim]
             if fused:
-                q = self._chain(self.chains.actions, a, steps=h)  # type: ignore[union-attr]
+                q = self._chain(self.chains.actions, a, steps=h, x_address=actions_at)  # type: ignore[union-attr]
             else:
-                for layer in f.actions:
+                a = fused_linear(f.actions[0], a, steps=h, blocks=self.blocks.linear, autotune=self.autotune,
+                                 fp32_precision=self.fp32_precision, x_address=actions_at, x_align=1)  # fmt: skip
+                for layer in f.actions[1:]:
                     a = self._linear(layer, a, steps=h)
                 q = a  # [B*N*H, hid], scaled for exp2
 
@@ -261,9 +271,8 @@ class TritonScorer:
                 fp32_precision=self.fp32_precision, pre_stats=stats,
             )
         else:
-            address = self.hidden_address if plan in self.addressable_plans else None
             x = fused_linear(first, x, blocks=self.blocks.linear, autotune=self.autotune,
-                             fp32_precision=self.fp32_precision, x_address=address)  # fmt: skip
+                             fp32_precision=self.fp32_precision, x_address=hidden_at)  # fmt: skip
             if fused:
                 kv = self._chain(self.chains.context, x)  # type: ignore[union-attr]
             else:
@@ -273,7 +282,8 @@ class TritonScorer:
 
         if main is not None:
             main.wait_stream(self.side_stream)
-        z = masked_cross_attention(q, kv, valid, f.heads, self.blocks.attention, self.fp32_precision)  # [B*N*H, hid]
+        z = masked_cross_attention(q, kv, valid, f.heads, self.blocks.attention, self.fp32_precision,
+                                   valid_address=valid_at)  # [B*N*H, hid]  # fmt: skip
 
         if fused:
             return self._chain(self.chains.tail, z, steps=h, readout=True).view(b, n)  # type: ignore[union-attr]

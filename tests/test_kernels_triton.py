@@ -167,24 +167,25 @@ def test_triton_bf16_inputs_and_model(k, chains, monkeypatch):
 
 
 @pytest.mark.parametrize("chains", ["fused", "layered", "fused_cublas"])
-def test_hidden_read_by_address(k, chains):
-    """With `hidden_address` set (as GraphedScorer does for a zero-copy replay) the addressable plans
-    read the hidden states at that address; the tensor passed only gives the shape. fused_cublas
-    (cuBLAS takes its pointer at capture) is not addressable and reads what it is passed."""
-    model = make_model("softplus")
+def test_inputs_read_by_address(k, chains):
+    """With `input_addresses` set (as GraphedScorer does for a zero-copy replay) the addressable
+    plans read hidden, valid and candidates at those addresses; the tensors passed only give the
+    shapes. fused_cublas (cuBLAS takes its pointer at capture) is not addressable and reads what
+    it is passed. A scored action slice that starts past dim 0 (action_offset) is addressed too."""
+    model = make_model("softplus")  # action_offset 1
     dtype = torch.bfloat16 if chains == "fused_cublas" else torch.float32
     hidden, valid, cand = make_inputs(2, 3, 4, 21, "random", seed=17)
     hidden = hidden.to(dtype)
     ref = reference(model, hidden.float(), valid, cand)
     scorer = k.triton_scorer.TritonScorer(model, dtype=dtype, blocks=small_blocks(k), chains=chains)
-    scorer.hidden_address = torch.tensor([hidden.data_ptr()], dtype=torch.int64, device=DEVICE)
-    decoy = torch.zeros_like(hidden)  # same layout, other data
-    out = scorer.score(decoy, valid, cand)
+    scorer.input_addresses = torch.tensor(scorer.input_pointers(hidden, valid, cand), dtype=torch.int64, device=DEVICE)
+    decoys = torch.zeros_like(hidden), torch.ones_like(valid), torch.zeros_like(cand)  # same layouts, other data
+    out = scorer.score(*decoys)
     if chains in scorer.addressable_plans:
         assert max_rel_err(out, ref) <= FP32_TOL
     else:
-        scorer.hidden_address = None
-        assert torch.equal(out, scorer.score(decoy, valid, cand))
+        scorer.input_addresses = None
+        assert torch.equal(out, scorer.score(*decoys))
     with pytest.raises(ValueError, match="input address"):
         k.row_stats.row_stats(hidden.view(-1, hidden.shape[-1]), 1e-5, x_address=torch.zeros(1, dtype=torch.int32))
 
@@ -404,25 +405,30 @@ def test_graphs_capture_every_plan_and_keep_the_fastest(k, dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
 def test_graphs_read_a_full_bucket_in_place_and_copy_otherwise(k):
-    """A call whose B fills its bucket is replayed reading the caller's tensor (only its address is
-    written); new tensors, a repeated one and a partly filled bucket all give the right energies."""
+    """A call whose B and N fill their buckets is replayed reading the caller's tensors (only their
+    addresses are written); new tensors, a repeated set, partly filled buckets and a misaligned
+    hidden view (copied) all give the right energies."""
     from energy_rerank.kernels import make_scorer
 
     model = make_model("softplus")
-    scorer = make_scorer(model, "triton", b_buckets=(2, 4), n_buckets=(8,))
+    scorer = make_scorer(model, "triton", b_buckets=(2, 4), n_buckets=(5, 8))
     sets = [make_inputs(4, 5, 8, 29, "random", seed=s) for s in (1, 2)]
     for inputs in (*sets, sets[0]):
         assert max_rel_err(scorer.score(*inputs), reference(model, *inputs)) <= FP32_TOL
     (g,) = scorer.impl.graphs.values()
-    assert g.address is not None and g.pointed_at == sets[0][0].data_ptr()
+    assert g.address is not None and g.pointed_at == scorer.impl.inner.input_pointers(*sets[0])
+    in_static = g.pointers(g.hidden, g.valid, g.candidates)
     inputs = make_inputs(3, 5, 8, 29, "random", seed=3)  # B = 3 in the bucket of 4: copied
     assert max_rel_err(scorer.score(*inputs), reference(model, *inputs)) <= FP32_TOL
-    assert g.pointed_at == g.hidden.data_ptr()
+    assert g.pointed_at == in_static
     hidden, valid, cand = sets[1]
+    assert max_rel_err(scorer.score(*sets[1]), reference(model, *sets[1])) <= FP32_TOL  # in place again
     shifted = torch.empty(hidden.numel() + 1, device=hidden.device)[1:].view_as(hidden).copy_(hidden)
     assert shifted.is_contiguous() and shifted.data_ptr() % 16  # not 16-byte aligned: copied, not read in place
     assert max_rel_err(scorer.score(shifted, valid, cand), reference(model, hidden, valid, cand)) <= FP32_TOL
-    assert g.pointed_at == g.hidden.data_ptr()
+    assert g.pointed_at == in_static
+    out = scorer.score(hidden, valid, cand[:, :3])  # N = 3 in the bucket of 5 (the same graph): copied
+    assert max_rel_err(out, reference(model, hidden, valid, cand[:, :3])) <= FP32_TOL
 
 
 def test_auto_falls_back_to_layered_when_the_chain_kernel_fails(k, monkeypatch, caplog):
