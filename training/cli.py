@@ -120,26 +120,13 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     from energy_rerank.training.distributed import init_distributed, shutdown
-    from energy_rerank.training.energy_trainer import EnergyTrainer, load_store
 
     cfg = build_config(args)
     info = init_distributed(cfg.device)
     try:
-        kwargs: dict[str, Any] = {}
-        if args.policy is not None:
-            from energy_rerank.policy.reference import ReferenceVLA
-            from energy_rerank.synthetic import SyntheticTask
-            from energy_rerank.training.policy_data import PolicyWindows
-
-            policy = ReferenceVLA.load(args.policy)
-            task = SyntheticTask()
-            windows = task.windows(task.episodes(args.episodes, seed=cfg.seed + 1))
-            kwargs.update(policy=policy, windows=PolicyWindows(policy, windows))
-        if args.policy is None or cfg.data.cache_dir:  # else: features come from the live policy
-            store, stats = load_store(cfg)
-            kwargs.update(features=store, stats=stats)
-        trainer = EnergyTrainer(cfg, args.out, info=info, **kwargs)
-        summary = trainer.fit(resume=args.resume, stop_after=args.stop_after)
+        # The trainer (and its DDP wrapper) is gone when _fit returns, before the process group:
+        # see distributed.shutdown.
+        summary = _fit(args, cfg, info)
         if info.is_main:
             held = summary.get("heldout", {})
             print(
@@ -150,6 +137,26 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         shutdown(info)
     return 0
+
+
+def _fit(args: argparse.Namespace, cfg: Any, info: Any) -> dict[str, Any]:
+    from energy_rerank.training.energy_trainer import EnergyTrainer, load_store
+
+    kwargs: dict[str, Any] = {}
+    if args.policy is not None:
+        from energy_rerank.policy.reference import ReferenceVLA
+        from energy_rerank.synthetic import SyntheticTask
+        from energy_rerank.training.policy_data import PolicyWindows
+
+        policy = ReferenceVLA.load(args.policy)
+        task = SyntheticTask()
+        windows = task.windows(task.episodes(args.episodes, seed=cfg.seed + 1))
+        kwargs.update(policy=policy, windows=PolicyWindows(policy, windows))
+    if args.policy is None or cfg.data.cache_dir:  # else: features come from the live policy
+        store, stats = load_store(cfg)
+        kwargs.update(features=store, stats=stats)
+    trainer = EnergyTrainer(cfg, args.out, info=info, **kwargs)
+    return trainer.fit(resume=args.resume, stop_after=args.stop_after)
 
 
 def run_cache(args: argparse.Namespace) -> int:
