@@ -54,7 +54,7 @@ def _masked_cross_attention_kernel(
     stride_kv,
     stride_z,
     DH: tl.constexpr,
-    VALID_BY_ADDRESS: tl.constexpr,  # valid's data at the address in valid_address_ptr (row_stats.addressed)
+    VALID_BY_ADDRESS: tl.constexpr,  # valid's data at the address in valid_address_ptr (input_address.addressed)
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)
     BLOCK_M: tl.constexpr,

@@ -103,7 +103,7 @@ def _fused_linear_kernel(
     RELU: tl.constexpr,
     RESIDUAL: tl.constexpr,
     HAS_TABLE: tl.constexpr,
-    X_BY_ADDRESS: tl.constexpr,  # x's data at the address in x_address_ptr (row_stats.addressed)
+    X_BY_ADDRESS: tl.constexpr,  # x's data at the address in x_address_ptr (input_address.addressed)
     X_ALIGN: tl.constexpr,  # that address's guaranteed byte alignment
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)

@@ -18,12 +18,15 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from energy_rerank.cli import HelpFormatter, float_list
 from energy_rerank.config import config_from_dict
 from energy_rerank.training.config import MODES, PRESETS, TrainConfig, preset
 from energy_rerank.training.losses import LOSS_PRESETS
+
+if TYPE_CHECKING:
+    from energy_rerank.training.distributed import DistInfo
 
 
 def add_parser(subparsers: Any) -> None:
@@ -139,7 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit(args: argparse.Namespace, cfg: Any, info: Any) -> dict[str, Any]:
+def _fit(args: argparse.Namespace, cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     from energy_rerank.training.energy_trainer import EnergyTrainer, load_store
 
     kwargs: dict[str, Any] = {}
