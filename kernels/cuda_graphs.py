@@ -31,6 +31,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from energy_rerank.scoring import Scorer
@@ -54,6 +55,7 @@ class _Graph:
     address: torch.Tensor | None = None  # [3] int64 on the device: hidden, valid, candidates
     pointers: Callable[..., tuple[int, ...]] | None = None
     staged: torch.Tensor | None = None  # [3] int64 pinned host copy of `address`, the source of its writes
+    staged_np: np.ndarray | None = None  # `staged` as numpy: the cheapest way to write three ints into it
     written: torch.cuda.Event | None = None  # after the last write: `staged` is free to change again
     pointed_at: tuple[int, ...] = ()  # the addresses last written (a repeat needs no write)
 
@@ -61,26 +63,35 @@ class _Graph:
         """Make the next replay read these inputs [b, S, D], [b, S], [b, n, H, A]: in place when the
         graph reads by address and each is laid out like its static buffer (B and N fill the
         bucket), else copied into the buffers' fronts."""
-        inputs = (hidden, valid, candidates)
-        statics = (self.hidden, self.valid, self.candidates)
-        in_place = self.address is not None and hidden.data_ptr() % 16 == 0 and all(
-            x.shape == st.shape and x.dtype == st.dtype and x.device == st.device and x.is_contiguous()
-            for x, st in zip(inputs, statics, strict=True)
-        )  # hidden 16-byte aligned: its kernels read the address with that alignment promised
-        if not in_place:
-            b, n = candidates.shape[:2]
-            self.hidden[:b].copy_(hidden, non_blocking=True)
-            self.valid[:b].copy_(valid, non_blocking=True)
-            self.candidates[:b, :n].copy_(candidates, non_blocking=True)
-            inputs = statics
+        if self.address is not None and self._fits(hidden, valid, candidates):
+            self._point_at(self.pointers(hidden, valid, candidates))  # type: ignore[misc]
+            return
+        b, n = candidates.shape[:2]
+        self.hidden[:b].copy_(hidden, non_blocking=True)
+        self.valid[:b].copy_(valid, non_blocking=True)
+        self.candidates[:b, :n].copy_(candidates, non_blocking=True)
         if self.address is not None:
-            self._point_at(self.pointers(*inputs))  # type: ignore[misc]
+            self._point_at(self.pointers(self.hidden, self.valid, self.candidates))  # type: ignore[misc]
+
+    def _fits(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> bool:
+        """Laid out like the static buffers, on their device, and hidden 16-byte aligned (its
+        kernels read the address with that alignment promised). Spelled out: this runs per call."""
+        dev = self.hidden.get_device()
+        return (
+            hidden.data_ptr() % 16 == 0
+            and hidden.shape == self.hidden.shape and valid.shape == self.valid.shape
+            and candidates.shape == self.candidates.shape
+            and hidden.dtype == self.hidden.dtype and valid.dtype == self.valid.dtype
+            and candidates.dtype == self.candidates.dtype
+            and hidden.get_device() == dev and valid.get_device() == dev and candidates.get_device() == dev
+            and hidden.is_contiguous() and valid.is_contiguous() and candidates.is_contiguous()
+        )  # fmt: skip
 
     def _point_at(self, pointers: tuple[int, ...]) -> None:
         if pointers == self.pointed_at:
             return
         self.written.synchronize()  # type: ignore[union-attr]  # the previous write has read `staged` (long since)
-        self.staged.numpy()[:] = pointers  # type: ignore[union-attr]
+        self.staged_np[:] = pointers  # type: ignore[index]
         self.address.copy_(self.staged, non_blocking=True)  # type: ignore[union-attr]  # one 24-byte copy, stream-ordered
         self.written.record()  # type: ignore[union-attr]
         self.pointed_at = pointers
@@ -114,6 +125,8 @@ class GraphedScorer:
         self.graphs: dict[tuple, _Graph] = {}
         self.eager_shapes: set[tuple[int, int]] = set()  # shapes above the buckets, warned about once
         self.plan_times: dict[tuple, dict[str, float]] = {}  # bucket key -> plan -> median replay ms
+        # (input shapes and dtypes) -> its bucket's graph: a call's lookup is one hash
+        self._by_shape: dict[tuple, _Graph] = {}
 
     def _capture(self, key: tuple, like: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> _Graph:
         plans = tuple(getattr(self.inner, "plans", ()))
@@ -172,6 +185,7 @@ class GraphedScorer:
         if address is not None:
             g.address, g.pointers = address, pointers
             g.staged = torch.empty(3, dtype=torch.int64, pin_memory=True)
+            g.staged_np = g.staged.numpy()
             g.written = torch.cuda.Event()
             g.written.record()
             g.pointed_at = pointers(static_h, static_v, static_c)  # type: ignore[misc]
@@ -179,7 +193,21 @@ class GraphedScorer:
 
     def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D], valid [B, S] bool, candidates [B, N, H, A] -> energies [B, N] float32."""
-        if hidden.dim() != 3 or candidates.dim() != 4:
+        g = self._by_shape.get((hidden.shape, valid.shape, candidates.shape, hidden.dtype, valid.dtype, candidates.dtype))
+        if g is None:
+            return self._score_new_shape(hidden, valid, candidates)
+        return self._replay(g, hidden, valid, candidates)
+
+    def _replay(self, g: _Graph, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        b, n = candidates.shape[:2]
+        g.stage(hidden, valid, candidates)
+        g.graph.replay()
+        out = g.energies if (b, n) == g.energies.shape else g.energies[:b, :n]
+        return out.clone()  # [B, N]; the static output is overwritten by the next replay
+
+    def _score_new_shape(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """A shape not seen yet: find (or capture) its bucket's graph, or score above the buckets eagerly."""
+        if hidden.dim() != 3 or candidates.dim() != 4 or valid.shape != hidden.shape[:2] or valid.dtype != torch.bool:
             return self.inner.score(hidden, valid, candidates)  # which names the malformed input
         b, s, _ = hidden.shape
         _, n, h, _ = candidates.shape
@@ -195,10 +223,8 @@ class GraphedScorer:
         g = self.graphs.get(key)
         if g is None:
             g = self.graphs[key] = self._capture(key, (hidden, valid, candidates))
-        g.stage(hidden, valid, candidates)
-        g.graph.replay()
-        out = g.energies if (b, n) == tuple(g.energies.shape) else g.energies[:b, :n]
-        return out.clone()  # [B, N]; the static output is overwritten by the next replay
+        self._by_shape[(hidden.shape, valid.shape, candidates.shape, hidden.dtype, valid.dtype, candidates.dtype)] = g
+        return self._replay(g, hidden, valid, candidates)
 
 
 def _median_replay_ms(g: _Graph, fresh: list[tuple[torch.Tensor, ...]], warmup: int = 3, reps: int = 15) -> float:
