@@ -26,8 +26,9 @@ Why this trades against `fused_linear` rather than replacing it: a program reads
 the chain once per BLOCK_M rows (at 4096 rows and BLOCK_M = 64, 64 programs x 2 MB of bf16
 weights, from L2), and the grid has M / BLOCK_M programs instead of M / BLOCK_M x HID / BLOCK_N,
 so the separate launches can win once the rows fill the GPU many times over. TritonScorer's
-`chains="auto"` captures both plans per CUDA-graph bucket and keeps the faster (cuda_graphs.py).
-The context's first layer (D_h = 4096 wide) always stays a separate full-grid GEMM.
+`chains="auto"` captures every plan per CUDA-graph bucket and keeps the fastest (cuda_graphs.py).
+The context's first layer (D_h = 4096 wide) always stays a separate full-grid GEMM (Triton's, or
+cuBLAS's finished here by a `pre` prologue).
 
 Block sizes: `heuristic_chain_blocks` under the interpreter and with autotune off;
 `CHAIN_AUTOTUNE_CONFIGS` on the GPU (keyed by the power-of-two bucket of the candidate count).
@@ -35,7 +36,6 @@ Block sizes: `heuristic_chain_blocks` under the interpreter and with autotune of
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, replace
 
 import torch
@@ -44,6 +44,7 @@ import triton.language as tl
 
 from energy_rerank.kernels.energy_readout import store_energies
 from energy_rerank.kernels.folded_weights import FoldedEnergyHead, FoldedLinear
+from energy_rerank.kernels.fused_linear import autotune_options
 from energy_rerank.kernels.input_address import addressed, check_address
 from energy_rerank.kernels.row_stats import merge_moments
 from energy_rerank.kernels.triton_support import dot_dtype, dot_precision, interpreting
@@ -337,12 +338,6 @@ def _fused_chain_kernel(
 _autotuned: dict[int, object] = {}
 
 
-def _quick_bench(fn, quantiles=None):  # type: ignore[no-untyped-def]
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
-
-
 def _rows_to_candidates(configs: list, h_p: int) -> list:
     """CHAIN_AUTOTUNE_CONFIGS name rows per program; with the readout a program owns whole candidates."""
     out = []
@@ -356,10 +351,8 @@ def _rows_to_candidates(configs: list, h_p: int) -> list:
 def _autotuned_kernel(h_p: int):
     if h_p not in _autotuned:
         key = ["C_BUCKET", "K0", "HID", "NLAST", "LAYERS", "READOUT", "PRE", "X_BY_ADDRESS", "H_P", "PRECISION"]
-        options = inspect.signature(triton.autotune).parameters
-        extra = {k: v for k, v in (("do_bench", _quick_bench), ("cache_results", True)) if k in options}
         configs = _rows_to_candidates(CHAIN_AUTOTUNE_CONFIGS, h_p)
-        _autotuned[h_p] = triton.autotune(configs, key=key, **extra)(_fused_chain_kernel)
+        _autotuned[h_p] = triton.autotune(configs, key=key, **autotune_options())(_fused_chain_kernel)
     return _autotuned[h_p]
 
 

@@ -173,13 +173,18 @@ def _quick_bench(fn, quantiles=None):  # type: ignore[no-untyped-def]
     return do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
+def autotune_options() -> dict:
+    """triton.autotune keywords for every kernel here: the quick timer, and an on-disk cache of
+    the results, where the installed triton knows them."""
+    options = inspect.signature(triton.autotune).parameters
+    return {k: v for k, v in (("do_bench", _quick_bench), ("cache_results", True)) if k in options}
+
+
 def _autotuned_kernel():
     global _autotuned
     if _autotuned is None:
         key = ["M_BUCKET", "K", "NOUT", "HAS_LN", "LN_FOLDED", "X_BY_ADDRESS", "PRECISION"]
-        options = inspect.signature(triton.autotune).parameters
-        extra = {k: v for k, v in (("do_bench", _quick_bench), ("cache_results", True)) if k in options}
-        _autotuned = triton.autotune(AUTOTUNE_CONFIGS, key=key, **extra)(_fused_linear_kernel)
+        _autotuned = triton.autotune(AUTOTUNE_CONFIGS, key=key, **autotune_options())(_fused_linear_kernel)
     return _autotuned
 
 

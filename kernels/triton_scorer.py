@@ -181,16 +181,18 @@ class TritonScorer:
         """The three addresses `input_addresses` holds for these inputs (candidates: the first scored action dim)."""
         return hidden.data_ptr(), valid.data_ptr(), candidates.data_ptr() + self.head.action_offset * candidates.element_size()
 
-    def _linear(self, layer, x: torch.Tensor, steps: int = 1) -> torch.Tensor:
+    def _linear(self, layer, x: torch.Tensor, steps: int = 1, x_address: torch.Tensor | None = None,
+                x_align: int = 16) -> torch.Tensor:
         return fused_linear(
-            layer, x, steps=steps, blocks=self.blocks.linear, autotune=self.autotune, fp32_precision=self.fp32_precision
+            layer, x, steps=steps, blocks=self.blocks.linear, autotune=self.autotune,
+            fp32_precision=self.fp32_precision, x_address=x_address, x_align=x_align,
         )
 
     def _chain(self, chain: PackedChain, x: torch.Tensor, steps: int = 1, readout: bool = False,
-               x_address: torch.Tensor | None = None) -> torch.Tensor:
+               x_address: torch.Tensor | None = None, pre_stats: torch.Tensor | None = None) -> torch.Tensor:
         return fused_chain(
             chain, x, steps=steps, readout=self.head if readout else None, blocks=self.blocks.chain,
-            autotune=self.autotune, fp32_precision=self.fp32_precision, x_address=x_address,
+            autotune=self.autotune, fp32_precision=self.fp32_precision, pre_stats=pre_stats, x_address=x_address,
         )
 
     @torch.inference_mode()
@@ -256,8 +258,7 @@ class TritonScorer:
             if fused:
                 q = self._chain(self.chains.actions, a, steps=h, x_address=actions_at)  # type: ignore[union-attr]
             else:
-                a = fused_linear(f.actions[0], a, steps=h, blocks=self.blocks.linear, autotune=self.autotune,
-                                 fp32_precision=self.fp32_precision, x_address=actions_at, x_align=1)  # fmt: skip
+                a = self._linear(f.actions[0], a, steps=h, x_address=actions_at, x_align=1)  # rows of A_in: unaligned
                 for layer in f.actions[1:]:
                     a = self._linear(layer, a, steps=h)
                 q = a  # [B*N*H, hid], scaled for exp2
@@ -266,13 +267,9 @@ class TritonScorer:
             product = library_product(x, first.weight)  # [B*S, hid] fp32
             if stats_ready is not None:
                 torch.cuda.current_stream(dev).wait_event(stats_ready)
-            kv = fused_chain(
-                self.chains.context_pre, product, blocks=self.blocks.chain, autotune=self.autotune,  # type: ignore[union-attr,arg-type]
-                fp32_precision=self.fp32_precision, pre_stats=stats,
-            )
+            kv = self._chain(self.chains.context_pre, product, pre_stats=stats)  # type: ignore[union-attr,arg-type]
         else:
-            x = fused_linear(first, x, blocks=self.blocks.linear, autotune=self.autotune,
-                             fp32_precision=self.fp32_precision, x_address=hidden_at)  # fmt: skip
+            x = self._linear(first, x, x_address=hidden_at)
             if fused:
                 kv = self._chain(self.chains.context, x)  # type: ignore[union-attr]
             else:
