@@ -77,7 +77,7 @@ def profile(dtype: torch.dtype, b: int, n: int, sweep: bool) -> dict:
             "gflop": 2 * m * k * nout / 1e9,
         }  # fmt: skip
         if sweep and name in SWEPT_LINEAR:
-            best = None
+            best: tuple[float, tuple[int, ...]] | None = None
             for bm, bn, bk, w, st in SWEEP_LINEAR:
                 blocks = fl.LinearBlocks(bm, bn, min(bk, max(16, 1 << (k - 1).bit_length())), w, st)
                 try:
@@ -87,6 +87,7 @@ def profile(dtype: torch.dtype, b: int, n: int, sweep: bool) -> dict:
                     print(f"  {name} {blocks}: {type(e).__name__}")
                 if best is None or t < best[0]:
                     best = (t, (bm, bn, bk, w, st))
+            assert best is not None  # the sweep lists are not empty
             row["sweep_best_ms"], row["sweep_best"] = best
         rows.append(row)
         return y
@@ -113,7 +114,7 @@ def profile(dtype: torch.dtype, b: int, n: int, sweep: bool) -> dict:
         "gflop": 4 * b * n * H * S * f.hidden / 1e9,
     }  # fmt: skip
     if sweep:
-        best = None
+        best: tuple[float, tuple[int, ...]] | None = None
         for bm, bs, w, st in SWEEP_ATTENTION:
             blocks = att.AttentionBlocks(bm, bs, w, st)
             try:
@@ -123,6 +124,7 @@ def profile(dtype: torch.dtype, b: int, n: int, sweep: bool) -> dict:
                 print(f"  attention {blocks}: {type(e).__name__}")
             if best is None or t < best[0]:
                 best = (t, (bm, bs, w, st))
+        assert best is not None
         row["sweep_best_ms"], row["sweep_best"] = best
     rows.append(row)
 

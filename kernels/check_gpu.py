@@ -102,7 +102,7 @@ def bench(calls: int, ceilings: dict[str, float]) -> list[dict]:
         t_triton = time_scorer(triton_scorer, **args)
         t_eager = time_scorer(eager, **args)
         # the plans' replay times measured when the bucket was captured (cuda_graphs.py)
-        plans = next(iter(getattr(triton_scorer.impl, "plan_times", {}).values()), {})
+        plans: dict[str, float] = next(iter(getattr(triton_scorer.impl, "plan_times", {}).values()), {})
         graphs = getattr(triton_scorer.impl, "graphs", {})
         chosen = next((g.plan for g in graphs.values()), None)
         rate = ceilings["tf32_flops"] if dtype == torch.float32 else ceilings["bf16_flops"]

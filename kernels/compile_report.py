@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 DIVISIBLE_BY_16 = {"M", "M_BUCKET", "K", "NOUT", "stride_xm", "stride_ym", "R", "S", "HID", "stride_q", "stride_kv", "stride_z", "stride_x"}
 SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL", "LDGSTS")
@@ -102,9 +103,9 @@ def variants(all_configs: bool):
         types |= {n: f"*{dt}" for n in ("x_ptr", "w_ptr", "scratch_ptr", "y_ptr")}
         types |= {n: "i32" for n in ("C", "H", "STEPS", "C_BUCKET", "stride_x")}
         types |= {n: "fp32" for n in ("ro_eps", "prescale", "scale", "offset")}
-        context = dict(K0=512, NLAST=1024, LAYERS=2, LN_MASK=3, RELU_MASK=1, RES_MASK=1, HAS_TABLE=False, READOUT=False,
+        context: dict[str, Any] = dict(K0=512, NLAST=1024, LAYERS=2, LN_MASK=3, RELU_MASK=1, RES_MASK=1, HAS_TABLE=False, READOUT=False,
                        H_P=1, PRE=0)
-        chains = {
+        chains: dict[str, dict[str, Any]] = {
             "actions": dict(K0=7, NLAST=512, LAYERS=3, LN_MASK=7, RELU_MASK=3, RES_MASK=2, HAS_TABLE=True, READOUT=False,
                             H_P=1, PRE=0),
             # the same reading the caller's candidates at an address (zero-copy CUDA-graph input)

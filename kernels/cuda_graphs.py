@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,7 +92,7 @@ class _Graph:
             return
         self.written.synchronize()  # type: ignore[union-attr]  # the previous write has read `staged` (long since)
         self.staged_np[:] = pointers  # type: ignore[index]
-        self.address.copy_(self.staged, non_blocking=True)  # type: ignore[union-attr]  # one 24-byte copy, stream-ordered
+        self.address.copy_(self.staged, non_blocking=True)  # type: ignore[union-attr,arg-type]  # one 24-byte copy, stream-ordered
         self.written.record()  # type: ignore[union-attr]
         self.pointed_at = pointers
 
@@ -227,7 +227,7 @@ class GraphedScorer:
         return self._replay(g, hidden, valid, candidates)
 
 
-def _median_replay_ms(g: _Graph, fresh: list[tuple[torch.Tensor, ...]], warmup: int = 3, reps: int = 15) -> float:
+def _median_replay_ms(g: _Graph, fresh: Sequence[tuple[torch.Tensor, ...]], warmup: int = 3, reps: int = 15) -> float:
     """Median GPU time of staging new inputs and one replay, from CUDA events (the comparison
     between a bucket's plans). `fresh`: full-bucket (hidden, valid, candidates) sets."""
     times = []

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from energy_rerank.energy import EnergyModel
-from energy_rerank.nn import MLPResNet
+from energy_rerank.nn import MLPResNet, MLPResNetBlock
 
 LOG2E = 1.4426950408889634
 # Inputs at least this wide get their LayerNorm folded into the weight and the epilogue (the K
@@ -124,7 +124,9 @@ def _mlp_trunk(mlp: MLPResNet, dtype: torch.dtype, fold_ln_min_k: int) -> list[F
     fc1 = mlp.fc1
     layers = [_linear(_f64(fc1.weight), _f64(fc1.bias), dtype, mlp.layer_norm1, relu=True, fold_ln_min_k=fold_ln_min_k)]
     for block in mlp.mlp_resnet_blocks:
+        assert isinstance(block, MLPResNetBlock)
         ln, lin = block.ffn[0], block.ffn[1]
+        assert isinstance(ln, torch.nn.LayerNorm) and isinstance(lin, torch.nn.Linear)
         layers.append(
             _linear(_f64(lin.weight), _f64(lin.bias), dtype, ln=ln, relu=True, residual=True, fold_ln_min_k=fold_ln_min_k)
         )

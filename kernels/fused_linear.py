@@ -241,8 +241,8 @@ def fused_linear(
         PRECISION=dot_precision(layer.weight.dtype, fp32_precision),
     )
     if autotune and blocks is None and not interpreting():
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
-        _autotuned_kernel()[grid](*args, **flags)
+        tuned_grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+        _autotuned_kernel()[tuned_grid](*args, **flags)
         return y
     bl = blocks or heuristic_blocks(m, k, n, layer.weight.dtype)
     grid = (triton.cdiv(m, bl.block_m), triton.cdiv(n, bl.block_n))

@@ -247,13 +247,14 @@ class TritonScorer:
         library = plan == "fused_cublas" and x.dtype == first.weight.dtype
         at = self.input_addresses if plan in self.addressable_plans else None
         hidden_at, valid_at, actions_at = (None, None, None) if at is None else (at[0:1], at[1:2], at[2:3])
-        main = torch.cuda.current_stream(dev) if self.side_stream is not None else None
-        if main is not None:
-            self.side_stream.wait_stream(main)
-        with torch.cuda.stream(self.side_stream) if main is not None else contextlib.nullcontext():
+        side = self.side_stream  # None off CUDA: everything in order on the one stream
+        main = torch.cuda.current_stream(dev) if side is not None else None
+        if side is not None and main is not None:
+            side.wait_stream(main)
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             if library:
                 stats = row_stats(x, first.ln_eps)  # [B*S, 2], concurrent with the product below
-                stats_ready = self.side_stream.record_event() if main is not None else None
+                stats_ready = side.record_event() if side is not None else None
             a = candidates.view(b * n * h, a_in)[:, f.action_offset : f.action_offset + f.action_dim]
             if fused:
                 q = self._chain(self.chains.actions, a, steps=h, x_address=actions_at)  # type: ignore[union-attr]
@@ -277,8 +278,8 @@ class TritonScorer:
                     x = self._linear(layer, x)
                 kv = x  # [B*S, 2*hid]
 
-        if main is not None:
-            main.wait_stream(self.side_stream)
+        if side is not None and main is not None:
+            main.wait_stream(side)
         z = masked_cross_attention(q, kv, valid, f.heads, self.blocks.attention, self.fp32_precision,
                                    valid_address=valid_at)  # [B*N*H, hid]  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import energy_rerank
 from energy_rerank.candidates import MAX_CANDIDATES, SamplerConfig
@@ -62,7 +63,7 @@ class ServerConfig:
             )
         if self.switch_margin is not None:
             check_switch_margin(self.switch_margin, "switch_margin")
-        overrides = {"sigmas": self.sigmas, "gripper_mode": self.gripper_mode}
+        overrides: dict[str, Any] = {"sigmas": self.sigmas, "gripper_mode": self.gripper_mode}
         SamplerConfig(**{k: v for k, v in overrides.items() if v is not None})  # raises on bad values
         if self.fp32_precision not in FP32_PRECISIONS:
             raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {self.fp32_precision!r}")
