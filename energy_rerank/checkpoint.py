@@ -115,17 +115,31 @@ def write_switch_margin(path: str | Path, margin: float, calibration: dict[str, 
     return path / SELECTION_FILE
 
 
-def read_switch_margin(path: str | Path) -> float | None:
-    """The switch margin recorded in a bundle, or None when it has none."""
+def read_selection(path: str | Path) -> dict[str, Any] | None:
+    """A bundle's selection record (switch_margin, calibration), or None when it has none."""
     f = Path(path) / SELECTION_FILE
     if not f.is_file():
         return None
     try:
-        margin = float(json.loads(f.read_text())["switch_margin"])
+        record = json.loads(f.read_text())
+    except ValueError as e:
+        raise BundleError(f"{f}: not JSON ({e})") from e
+    if not isinstance(record, dict):
+        raise BundleError(f"{f}: expected an object, got {type(record).__name__}")
+    return record
+
+
+def read_switch_margin(path: str | Path) -> float | None:
+    """The switch margin recorded in a bundle, or None when it has none."""
+    record = read_selection(path)
+    if record is None:
+        return None
+    try:
+        margin = float(record["switch_margin"])
     except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{f}: no readable switch_margin ({e})") from e
+        raise BundleError(f"{Path(path) / SELECTION_FILE}: no readable switch_margin ({e})") from e
     if not margin >= 0:
-        raise BundleError(f"{f}: switch_margin must be >= 0, got {margin}")
+        raise BundleError(f"{Path(path) / SELECTION_FILE}: switch_margin must be >= 0, got {margin}")
     return margin
 
 

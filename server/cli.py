@@ -15,6 +15,7 @@ from energy_rerank.kernels.scorer import BACKENDS
 from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
 from energy_rerank.server.batcher import BatchConfig
 from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY, ServerConfig
+from energy_rerank.server.switch_watch import WatchConfig
 
 TOKEN_ENV = "ENERGY_RERANK_TOKEN"
 
@@ -106,6 +107,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--metrics-address", default=d.metrics_address, help="exporter bind address (default: %(default)s)"
     )
+    w = d.switch_watch
+    g.add_argument("--switch-watch-window", type=int, default=w.window,
+                   help="compare the live switch rate over this many answers with the one the head's calibration "
+                        "(selection.json) expects; gauges switch_rate_live/_expected and a warning above "
+                        "--switch-watch-factor x expected; 0 = off (default: %(default)s)")  # fmt: skip
+    g.add_argument("--switch-watch-factor", type=float, default=w.factor,
+                   help="warn when the live switch rate exceeds this multiple of the expected one "
+                        f"(and the expected one + {w.min_excess:g}) (default: %(default)s)")  # fmt: skip
     g.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.set_defaults(func=run)
 
@@ -125,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_candidates=args.max_candidates,
         default_candidates=args.default_candidates,
         switch_margin=args.switch_margin,
+        switch_watch=WatchConfig(window=args.switch_watch_window, factor=args.switch_watch_factor),
         sigmas=args.sigmas,
         gripper_mode=args.gripper_mode,
         max_message_bytes=int(args.max_message_mb * 2**20),

@@ -11,6 +11,7 @@ from energy_rerank.candidates import MAX_CANDIDATES, SamplerConfig
 from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
 from energy_rerank.reranker import check_switch_margin
 from energy_rerank.server.batcher import BatchConfig
+from energy_rerank.server.switch_watch import WatchConfig
 
 # The embedded default served by a bare `energy-rerank serve`: the tiny reference policy and an
 # energy head trained on the synthetic task with the project's own commands (see README).
@@ -41,6 +42,9 @@ class ServerConfig:
     # 0 = plain argmin, inf = never; None = the energy bundle's selection.json (written by
     # `energy-rerank eval offline --write-margin`), or 0 when it has none
     switch_margin: float | None = None
+    # live switch rate against the head's calibrated one (server/switch_watch.py): gauges, and a
+    # warning when the robot's states make the head switch far more often than on the demos
+    switch_watch: WatchConfig = field(default_factory=WatchConfig)
     # how noise candidates are built around the policy's chunk; None = what the energy head was
     # trained to rank (its bundle's record, `train --sigmas --gripper-mode`; SamplerConfig's
     # defaults for bundles without one). A value here overrides the head's.

@@ -60,6 +60,18 @@ class Metrics:
             "switched", "SelectAction answers that are not the policy's own chunk (chosen index != 0).",
             namespace=ns, registry=r,
         )  # fmt: skip
+        # The same over the last --switch-watch-window comparable answers, and the rate the head's
+        # calibration expects for them (server/switch_watch.py); NaN when the head has no calibration.
+        self.switch_rate_live = Gauge(
+            "switch_rate_live", "Share of recent comparable SelectAction answers that left the policy's chunk.",
+            namespace=ns, registry=r,
+        )  # fmt: skip
+        self.switch_rate_expected = Gauge(
+            "switch_rate_expected", "The head's calibrated switch rate for those same answers (selection.json).",
+            namespace=ns, registry=r,
+        )  # fmt: skip
+        self.switch_rate_live.set(float("nan"))
+        self.switch_rate_expected.set(float("nan"))
         self.errors = Counter("errors", "Requests answered with an error, by gRPC status code.", ["code"],
                               namespace=ns, registry=r)  # fmt: skip
         self.dropped = Counter(

@@ -19,6 +19,7 @@ from energy_rerank.server._proto import rerank_pb2_grpc
 from energy_rerank.server.batcher import Batcher
 from energy_rerank.server.config import ServerConfig
 from energy_rerank.server.metrics import Metrics
+from energy_rerank.server.switch_watch import SwitchWatch, switch_watch_for
 
 Item = tuple[Observation, SelectParams]
 
@@ -29,6 +30,10 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         self.config = config
         self.metrics = metrics
         self.batcher: Batcher[Item, tuple[Selection, str]] = Batcher(self.select_batch, config.batch, metrics)
+        # replaced with the reranker on a hot swap (admin.py); None when the head has no calibration
+        self.switch_watch: SwitchWatch | None = switch_watch_for(
+            config.energy_path, reranker, config.switch_watch, metrics
+        )
 
     def select_batch(self, items: list[Item]) -> list[tuple[Selection, str]]:
         """Runs on the inference thread. Each answer carries the version of the models that made it."""
@@ -54,6 +59,8 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
             self.metrics.fallbacks.inc()
         if s.index != 0:
             self.metrics.switched.inc()
+        if self.switch_watch is not None:
+            self.switch_watch.observe(version, params, s)
         return codec.encode_selection(s, version, timing, done.batch_size)
 
     async def ScoreCandidates(self, request: pb.ScoreCandidatesRequest, context: grpc.aio.ServicerContext):
