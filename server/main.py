@@ -9,7 +9,7 @@ import signal
 
 from energy_rerank.server.app import RerankServer
 from energy_rerank.server.config import ServerConfig
-from energy_rerank.server.models import load_reranker, warm_up
+from energy_rerank.server.models import describe_switch_margin, load_reranker, warm_up
 
 log = logging.getLogger("energy_rerank.server")
 
@@ -34,7 +34,8 @@ async def serve(config: ServerConfig) -> None:
     await server.start()
     scheme = "https (TLS)" if config.tls_cert else "insecure"
     print(
-        f"energy-rerank: serving {reranker.model_version} ({reranker.scorer.name} scorer, {config.device})",
+        f"energy-rerank: serving {reranker.model_version} ({reranker.scorer.name} scorer, {config.device}; "
+        f"{describe_switch_margin(reranker.switch_margin)})",
         flush=True,
     )
     print(f"energy-rerank: listening on {server.address} ({scheme}, auth {'on' if config.auth_token else 'off'})",

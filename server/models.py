@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -93,6 +94,14 @@ def switch_margin_for(config: ServerConfig, energy_path: str | Path) -> float:
         return config.switch_margin
     recorded = read_switch_margin(energy_path)
     return 0.0 if recorded is None else recorded
+
+
+def describe_switch_margin(margin: float) -> str:
+    """What the margin served with means for the robot, for the start-up line."""
+    if math.isinf(margin):
+        return ("switch margin inf: every answer is the policy's own chunk (candidates are still scored "
+                "for the energies in the response; --default-candidates 1 skips that)")  # fmt: skip
+    return "switch margin 0: plain argmin" if margin == 0 else f"switch margin {margin:g}"
 
 
 def warm_up(reranker: Reranker, max_batch: int = 1) -> None:

@@ -88,6 +88,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 # ------------------------------------------------------------------ good requests
 def test_server_prints_where_it_listens(server):
     assert server.address.startswith("127.0.0.1:") and server.metrics_url.startswith("http://127.0.0.1:")
+    assert "switch margin 0: plain argmin" in server.output  # the embedded head records no margin
 
 
 def test_select_action(client, info):

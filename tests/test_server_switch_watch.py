@@ -18,7 +18,7 @@ from energy_rerank.reranker import Selection, SelectParams
 from energy_rerank.server.cli import add_parser, config_from_args
 from energy_rerank.server.config import ServerConfig
 from energy_rerank.server.metrics import Metrics
-from energy_rerank.server.models import load_reranker
+from energy_rerank.server.models import describe_switch_margin, load_reranker
 from energy_rerank.server.switch_watch import (
     SwitchExpectation,
     SwitchWatch,
@@ -129,6 +129,12 @@ def test_chance_excursions_of_a_small_window_never_warn(watch, caplog) -> None:
     for _ in range(500):
         w.observe("v1", SelectParams(num_candidates=8), answer(int(rng.random() < 0.1)))
     assert not [r for r in caplog.records if r.name == LOGGER]
+
+
+def test_start_up_line_says_what_the_margin_means() -> None:
+    assert "policy's own chunk" in describe_switch_margin(math.inf)
+    assert describe_switch_margin(0.0) == "switch margin 0: plain argmin"
+    assert describe_switch_margin(1.45) == "switch margin 1.45"
 
 
 def test_flags_reach_the_config() -> None:
