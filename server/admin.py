@@ -24,7 +24,6 @@ from energy_rerank.server.errors import AdminDisabled
 from energy_rerank.server.metrics import Metrics
 from energy_rerank.server.models import warm_up, with_energy_head
 from energy_rerank.server.servicer import RerankServicer
-from energy_rerank.server.switch_watch import switch_watch_for
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,7 @@ class EnergyHeadSwapper:
             except Exception:
                 self.metrics.reloads.labels(result="error").inc()
                 raise
-            self.servicer.reranker = new
-            self.servicer.switch_watch = switch_watch_for(path, new, self.config.switch_watch, self.metrics)
+            self.servicer.use(new, path)
             self.energy_path = path
             self.metrics.reloads.labels(result="ok").inc()
         swap = Swap(old.model_version, new.model_version, time.perf_counter() - t0)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from energy_rerank.evaluation.margin import SwitchExpectation
 from energy_rerank.policy.base import Observation, PolicyDescription
 from energy_rerank.reranker import Reranker, Selection, SelectParams
 from energy_rerank.server._proto import rerank_pb2 as pb
@@ -198,7 +199,9 @@ def encode_energies(energies: np.ndarray) -> pb.Tensor:
     return encode_tensor(energies)
 
 
-def encode_model_info(r: Reranker, default_candidates: int, max_batch: int) -> pb.ModelInfo:
+def encode_model_info(
+    r: Reranker, default_candidates: int, max_batch: int, switch_rates: SwitchExpectation | None = None
+) -> pb.ModelInfo:
     d = r.proposer.description
     h, w = d.image_size or (0, 0)
     return pb.ModelInfo(
@@ -223,4 +226,6 @@ def encode_model_info(r: Reranker, default_candidates: int, max_batch: int) -> p
         switch_margin=r.switch_margin,
         sampler_sigmas=list(r.sampler.config.sigmas),
         gripper_mode=r.sampler.config.gripper_mode,
+        calibrated_switch_n=list(switch_rates.ns) if switch_rates else [],
+        calibrated_switch_rate=list(switch_rates.rates) if switch_rates else [],
     )

@@ -7,10 +7,12 @@ them to status codes. Inference runs on the batcher's worker thread, never on th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 
+from energy_rerank.evaluation.margin import SwitchExpectation, expectation_for
 from energy_rerank.policy.base import Observation
 from energy_rerank.reranker import Reranker, Selection, SelectParams
 from energy_rerank.server import codec
@@ -26,13 +28,18 @@ Item = tuple[Observation, SelectParams]
 
 class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
     def __init__(self, reranker: Reranker, config: ServerConfig, metrics: Metrics) -> None:
-        self.reranker = reranker  # read at every batch: replacing it swaps models between batches
         self.config = config
         self.metrics = metrics
         self.batcher: Batcher[Item, tuple[Selection, str]] = Batcher(self.select_batch, config.batch, metrics)
-        # replaced with the reranker on a hot swap (admin.py); None when the head has no calibration
+        self.use(reranker, config.energy_path)
+
+    def use(self, reranker: Reranker, energy_path: str | Path) -> None:
+        """Serve this reranker from the next batch on (start-up, and hot swaps: admin.py)."""
+        self.reranker = reranker  # read at every batch: replacing it swaps models between batches
+        # The head's held-out switch rates at the margin served (None: unrecorded, or another margin)
+        self.switch_rates: SwitchExpectation | None = expectation_for(energy_path, reranker.switch_margin)
         self.switch_watch: SwitchWatch | None = switch_watch_for(
-            config.energy_path, reranker, config.switch_watch, metrics
+            self.switch_rates, reranker, self.config.switch_watch, self.metrics
         )
 
     def select_batch(self, items: list[Item]) -> list[tuple[Selection, str]]:
@@ -91,5 +98,5 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext):
         self.metrics.requests.labels(method="GetModelInfo").inc()
         return codec.encode_model_info(
-            self.reranker, self.config.default_candidates, self.config.batch.max_batch
+            self.reranker, self.config.default_candidates, self.config.batch.max_batch, self.switch_rates
         )

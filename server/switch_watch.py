@@ -23,66 +23,14 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 from prometheus_client import Gauge
 
-from energy_rerank.checkpoint import BundleError, read_selection, read_switch_margin
+from energy_rerank.evaluation.margin import SwitchExpectation
 from energy_rerank.reranker import Reranker, Selection, SelectParams
 from energy_rerank.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-KEY = "switched@"  # calibration.held_out keys: switched@N -> held-out switch rate at N
-
-
-@dataclass(frozen=True)
-class SwitchExpectation:
-    """Held-out switch rates of one head at its calibrated margin."""
-
-    margin: float  # the calibrated switch margin these rates were measured with
-    ns: tuple[int, ...]  # N values measured, ascending
-    rates: tuple[float, ...]  # switch rate at each of ns, in [0, 1]
-
-    def at(self, n: int) -> float:
-        """Expected rate at N: linear in log N between measured N, the nearest measured rate outside."""
-        return float(np.interp(math.log(n), [math.log(k) for k in self.ns], self.rates))
-
-    @classmethod
-    def from_selection(
-        cls, record: dict[str, Any], margin: float, where: str = "selection.json"
-    ) -> SwitchExpectation | None:
-        """From a bundle's selection record and its margin; None when it holds no held-out switch rates."""
-        held = (record.get("calibration") or {}).get("held_out") or {}
-        pairs = []
-        for key, value in held.items():
-            if not key.startswith(KEY):
-                continue
-            try:
-                n, rate = int(key[len(KEY):]), float(value)
-            except (TypeError, ValueError) as e:
-                raise BundleError(f"{where}: calibration.held_out[{key!r}] = {value!r}: {e}") from e
-            if n < 1 or not 0.0 <= rate <= 1.0:
-                raise BundleError(f"{where}: calibration.held_out[{key!r}] = {value!r} is not a rate at N >= 1")
-            pairs.append((n, rate))
-        if not pairs:
-            return None
-        pairs.sort()
-        return cls(margin, tuple(n for n, _ in pairs), tuple(r for _, r in pairs))
-
-
-def expectation_for(energy_path: str | Path, served_margin: float) -> SwitchExpectation | None:
-    """The head's recorded switch rates, if it has them and the server uses the margin they were measured at."""
-    record, margin = read_selection(energy_path), read_switch_margin(energy_path)
-    if record is None or margin is None:
-        return None
-    expected = SwitchExpectation.from_selection(record, margin, f"{energy_path}/selection.json")
-    if expected is None or expected.margin != served_margin:
-        return None  # a margin set by flag switches at another rate than the one recorded
-    return expected
-
 
 @dataclass(frozen=True)
 class WatchConfig:
@@ -178,11 +126,10 @@ class SwitchWatch:
 
 
 def switch_watch_for(
-    energy_path: str | Path, reranker: Reranker, config: WatchConfig, metrics: Metrics
+    expected: SwitchExpectation | None, reranker: Reranker, config: WatchConfig, metrics: Metrics
 ) -> SwitchWatch | None:
     """A watch on this head if it is on and the head has switch rates for the margin it serves with."""
-    expected = expectation_for(energy_path, reranker.switch_margin) if config.window else None
-    if expected is None:
+    if expected is None or not config.window:
         metrics.switch_rate_live.set(float("nan"))
         metrics.switch_rate_expected.set(float("nan"))
         log.info("switch-rate watch off for %s: %s", reranker.model_version,

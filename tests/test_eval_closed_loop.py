@@ -53,6 +53,11 @@ def test_report_and_plot_at_all_or_nothing_success(tmp_path):
         for e in range(cfg.episodes)
     ]
     report = summarize(rows, cfg)
+    assert report["settings"]["N=16"]["calibrated_share"] is None  # no calibration to compare with
+    server = {"switch_margin": 1.0, "calibrated_switch_rates": {"4": 0.1, "64": 0.3}}
+    calibrated = summarize(rows, cfg, server=server)["settings"]
+    assert calibrated["N=16"]["calibrated_share"] == pytest.approx(0.2)  # halfway from 4 to 64 in log N
+    assert calibrated["N=1"]["calibrated_share"] is None  # one candidate: nothing to switch to
     overall = report["settings"]["N=16"]["overall"]
     assert (overall["successes"], overall["episodes"], overall["mean_length"]) == (10, 20, 190.0)
     assert report["settings"]["N=1"]["per_task"]["1"]["wilson95"][0] == 0.0

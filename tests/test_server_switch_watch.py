@@ -19,13 +19,8 @@ from energy_rerank.server.cli import add_parser, config_from_args
 from energy_rerank.server.config import ServerConfig
 from energy_rerank.server.metrics import Metrics
 from energy_rerank.server.models import describe_switch_margin, load_reranker
-from energy_rerank.server.switch_watch import (
-    SwitchExpectation,
-    SwitchWatch,
-    WatchConfig,
-    binomial_tail,
-    expectation_for,
-)
+from energy_rerank.evaluation.margin import SwitchExpectation, expectation_for
+from energy_rerank.server.switch_watch import SwitchWatch, WatchConfig, binomial_tail
 from energy_rerank.server.testing import TINY_CAMERA, TINY_LOWDIM, InProcessServer, write_tiny_bundles
 from energy_rerank_client import RerankClient, RetryPolicy
 
@@ -170,6 +165,7 @@ def test_server_warns_when_the_head_switches_far_more_than_calibrated(tmp_path, 
     ):
         metrics = srv.server.metrics
         assert any("watch on" in r.getMessage() for r in caplog.records)
+        assert c.info().calibrated_switch_rates == {8: pytest.approx(0.02)}  # GetModelInfo tells clients
         switched = [c.select(**obs, num_candidates=8, seed=s).index != 0 for s in range(25)]
         live = metrics.switch_rate_live._value.get()
         assert live == pytest.approx(np.mean(switched[-20:])) and live > 0.5
@@ -178,7 +174,7 @@ def test_server_warns_when_the_head_switches_far_more_than_calibrated(tmp_path, 
         assert len(warnings) == 1 and "switched away" in warnings[0] and "2%" in warnings[0]
 
         c.reload_energy_head(str(plain))  # a head without a calibration: nothing to compare with
-        assert srv.server.servicer.switch_watch is None
+        assert srv.server.servicer.switch_watch is None and c.info().calibrated_switch_rates == {}
         c.select(**obs, num_candidates=8, seed=0)
         assert math.isnan(metrics.switch_rate_live._value.get())
         assert math.isnan(metrics.switch_rate_expected._value.get())

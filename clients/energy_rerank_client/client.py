@@ -120,6 +120,9 @@ class ModelInfo:
     switch_margin: float  # energy gain needed to leave the policy's chunk when a request does not say
     sampler_sigmas: tuple[float, ...]  # noise sigma schedule of the candidates, normalised action units
     gripper_mode: str  # gripper rule of the noise candidates: "keep", "flip" or "vote"
+    # N -> share of answers that left the policy's chunk on the head's held-out episodes at
+    # switch_margin (empty: not calibrated, or the server overrides the calibrated margin)
+    calibrated_switch_rates: dict[int, float]
     raw: Any = field(repr=False, default=None)  # the ModelInfo message itself
 
 
@@ -217,6 +220,7 @@ def model_info(m: pb.ModelInfo) -> ModelInfo:
         switch_margin=m.switch_margin,
         sampler_sigmas=tuple(m.sampler_sigmas),
         gripper_mode=m.gripper_mode,
+        calibrated_switch_rates=dict(zip(m.calibrated_switch_n, m.calibrated_switch_rate, strict=True)),
         raw=m,
     )
 

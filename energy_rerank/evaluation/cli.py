@@ -222,6 +222,8 @@ def _libero(args: argparse.Namespace) -> int:
             "mean_length": round(s["overall"]["mean_length"], 1),
             "client_p50_ms": round(s["latency"]["client"].get("p50_ms", float("nan")), 1),
             "client_p99_ms": round(s["latency"]["client"].get("p99_ms", float("nan")), 1),
+            "reranked_share": round(s["reranked_share"], 3),
+            "calibrated_share": None if s["calibrated_share"] is None else round(s["calibrated_share"], 3),
         }
         for label, s in report["settings"].items()
     }

@@ -4,7 +4,10 @@ Every setting (N candidates per SelectAction; N = 1 is the base policy) runs the
 for each task, init states 0..K-1 under the standard protocol (`libero.runner`), every chunk
 from the server via `ServedController`. The report gives success per task and overall with
 Wilson 95% intervals (small K makes normal intervals useless near 0 and 1), mean episode length,
-and latency percentiles seen by the client and reported by the server.
+and latency percentiles seen by the client and reported by the server, and how often the head
+left the policy's chunk (`reranked_share`) next to the rate its calibration measured on held-out
+demonstrations (`calibrated_share`, from GetModelInfo): far above it, the policy's own states are
+ones the switch margin was not fitted on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from energy_rerank.evaluation.margin import SwitchExpectation
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
@@ -73,6 +78,8 @@ def run_closed_loop(
         "sampler_sigmas": list(info.sampler_sigmas),
         "gripper_mode": info.gripper_mode,
         "default_candidates": info.default_candidates,
+        # N -> the head's held-out switch rate at switch_margin (empty: not calibrated)
+        "calibrated_switch_rates": {str(k): v for k, v in sorted(info.calibrated_switch_rates.items())},
     }
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(config.tasks) * len(config.ns) * config.episodes, desc="closed-loop", unit="ep")
@@ -184,6 +191,7 @@ def summarize(
     """Per setting: overall and per-task success, lengths, latency; plus the raw episode rows and
     `server` (model version, scorer, switch margin: what was measured)."""
     done_tasks = [t for t in config.tasks if any(r["task"] == t for r in rows)]
+    calibrated = calibrated_switch_rates(server or {})
     settings = {}
     for n in config.ns:
         mine = [r for r in rows if r["n"] == n]
@@ -196,6 +204,9 @@ def summarize(
                 for key in ("client", "server", "inference")
             },
             "reranked_share": float(np.mean([r["reranked_share"] for r in mine])) if mine else 0.0,
+            # what the head's calibration expects reranked_share to be; far below the measured
+            # share, the policy's own states are ones the margin was not fitted on
+            "calibrated_share": calibrated.at(n) if calibrated is not None and n > 1 else None,
             "fallbacks": int(sum(r["fallbacks"] for r in mine)),
         }
     episodes = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
@@ -208,6 +219,15 @@ def summarize(
         "settings": settings,
         "episodes": episodes,
     }
+
+
+def calibrated_switch_rates(server: dict[str, Any]) -> SwitchExpectation | None:
+    """The served head's calibrated switch rates, from a report's `server` section."""
+    rates = server.get("calibrated_switch_rates") or {}
+    if not rates:
+        return None
+    ns = sorted(int(k) for k in rates)
+    return SwitchExpectation(float(server["switch_margin"]), tuple(ns), tuple(float(rates[str(k)]) for k in ns))
 
 
 def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:

@@ -162,7 +162,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "policy_name", "chunk_len", "action_dim", "hidden_size", "num_layers", "action_low", "action_high", "cameras", "image_height", "image_width", "state_dim", "lowdim_dim", "gripper_dims", "max_candidates", "default_candidates", "scorer_backend", "max_batch", "switch_margin", "sampler_sigmas", "gripper_mode")
+    __slots__ = ("model_version", "policy_name", "chunk_len", "action_dim", "hidden_size", "num_layers", "action_low", "action_high", "cameras", "image_height", "image_width", "state_dim", "lowdim_dim", "gripper_dims", "max_candidates", "default_candidates", "scorer_backend", "max_batch", "switch_margin", "sampler_sigmas", "gripper_mode", "calibrated_switch_n", "calibrated_switch_rate")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
     CHUNK_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,8 @@ class ModelInfo(_message.Message):
     SWITCH_MARGIN_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_SIGMAS_FIELD_NUMBER: _ClassVar[int]
     GRIPPER_MODE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_SWITCH_N_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_SWITCH_RATE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     policy_name: str
     chunk_len: int
@@ -205,7 +207,9 @@ class ModelInfo(_message.Message):
     switch_margin: float
     sampler_sigmas: _containers.RepeatedScalarFieldContainer[float]
     gripper_mode: str
-    def __init__(self, model_version: _Optional[str] = ..., policy_name: _Optional[str] = ..., chunk_len: _Optional[int] = ..., action_dim: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., state_dim: _Optional[int] = ..., lowdim_dim: _Optional[int] = ..., gripper_dims: _Optional[_Iterable[int]] = ..., max_candidates: _Optional[int] = ..., default_candidates: _Optional[int] = ..., scorer_backend: _Optional[str] = ..., max_batch: _Optional[int] = ..., switch_margin: _Optional[float] = ..., sampler_sigmas: _Optional[_Iterable[float]] = ..., gripper_mode: _Optional[str] = ...) -> None: ...
+    calibrated_switch_n: _containers.RepeatedScalarFieldContainer[int]
+    calibrated_switch_rate: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model_version: _Optional[str] = ..., policy_name: _Optional[str] = ..., chunk_len: _Optional[int] = ..., action_dim: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., cameras: _Optional[_Iterable[str]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., state_dim: _Optional[int] = ..., lowdim_dim: _Optional[int] = ..., gripper_dims: _Optional[_Iterable[int]] = ..., max_candidates: _Optional[int] = ..., default_candidates: _Optional[int] = ..., scorer_backend: _Optional[str] = ..., max_batch: _Optional[int] = ..., switch_margin: _Optional[float] = ..., sampler_sigmas: _Optional[_Iterable[float]] = ..., gripper_mode: _Optional[str] = ..., calibrated_switch_n: _Optional[_Iterable[int]] = ..., calibrated_switch_rate: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReloadEnergyHeadRequest(_message.Message):
     __slots__ = ("energy_path",)
