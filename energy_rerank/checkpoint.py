@@ -132,14 +132,17 @@ def read_selection(path: str | Path) -> dict[str, Any] | None:
 def read_switch_margin(path: str | Path) -> float | None:
     """The switch margin recorded in a bundle, or None when it has none."""
     record = read_selection(path)
-    if record is None:
-        return None
+    return None if record is None else switch_margin_of(record, Path(path) / SELECTION_FILE)
+
+
+def switch_margin_of(record: dict[str, Any], where: str | Path) -> float:
+    """The switch margin of a selection record (`where` names it in errors)."""
     try:
         margin = float(record["switch_margin"])
     except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{Path(path) / SELECTION_FILE}: no readable switch_margin ({e})") from e
+        raise BundleError(f"{where}: no readable switch_margin ({e})") from e
     if not margin >= 0:
-        raise BundleError(f"{Path(path) / SELECTION_FILE}: switch_margin must be >= 0, got {margin}")
+        raise BundleError(f"{where}: switch_margin must be >= 0, got {margin}")
     return margin
 
 

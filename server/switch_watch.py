@@ -81,8 +81,6 @@ class SwitchWatch:
         self.alarmed = False  # warned and not yet back under the line
         self.rate_at: dict[int, float] = {}  # N -> expected.at(N), on the serving path: computed once
         self.live_gauge, self.expected_gauge = live_gauge, expected_gauge
-        expected_gauge.set(float("nan"))
-        live_gauge.set(float("nan"))  # nothing measured yet: NaN, not a reassuring 0
 
     def observe(self, version: str, params: SelectParams, selection: Selection) -> None:
         n = len(selection.energies)
@@ -129,9 +127,9 @@ def switch_watch_for(
     expected: SwitchExpectation | None, reranker: Reranker, config: WatchConfig, metrics: Metrics
 ) -> SwitchWatch | None:
     """A watch on this head if it is on and the head has switch rates for the margin it serves with."""
+    metrics.switch_rate_live.set(float("nan"))  # this head has measured nothing yet: NaN, not a reassuring 0
+    metrics.switch_rate_expected.set(float("nan"))
     if expected is None or not config.window:
-        metrics.switch_rate_live.set(float("nan"))
-        metrics.switch_rate_expected.set(float("nan"))
         log.info("switch-rate watch off for %s: %s", reranker.model_version,
                  "--switch-watch-window 0" if not config.window else
                  "its bundle records no held-out switch rates at the margin served")  # fmt: skip

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from energy_rerank.checkpoint import BundleError, write_switch_margin
+from energy_rerank.evaluation.margin import SwitchExpectation, expectation_for
 from energy_rerank.reranker import Selection, SelectParams
 from energy_rerank.server.cli import add_parser, config_from_args
 from energy_rerank.server.config import ServerConfig
 from energy_rerank.server.metrics import Metrics
 from energy_rerank.server.models import describe_switch_margin, load_reranker
-from energy_rerank.evaluation.margin import SwitchExpectation, expectation_for
 from energy_rerank.server.switch_watch import SwitchWatch, WatchConfig, binomial_tail
 from energy_rerank.server.testing import TINY_CAMERA, TINY_LOWDIM, InProcessServer, write_tiny_bundles
 from energy_rerank_client import RerankClient, RetryPolicy

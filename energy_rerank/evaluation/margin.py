@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from energy_rerank.checkpoint import BundleError, read_selection, read_switch_margin
+from energy_rerank.checkpoint import SELECTION_FILE, BundleError, read_selection, switch_margin_of
 from energy_rerank.evaluation.offline import StepResults
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)  # of the calibration gaps, as candidate margins
@@ -113,10 +113,11 @@ class SwitchExpectation:
 
 def expectation_for(energy_path: str | Path, served_margin: float) -> SwitchExpectation | None:
     """The head's recorded switch rates, if it has them and the server uses the margin they were measured at."""
-    record, margin = read_selection(energy_path), read_switch_margin(energy_path)
-    if record is None or margin is None:
+    record = read_selection(energy_path)
+    if record is None:
         return None
-    expected = SwitchExpectation.from_selection(record, margin, f"{energy_path}/selection.json")
+    where = f"{energy_path}/{SELECTION_FILE}"
+    expected = SwitchExpectation.from_selection(record, switch_margin_of(record, where), where)
     if expected is None or expected.margin != served_margin:
         return None  # a margin set by flag switches at another rate than the one recorded
     return expected
