@@ -8,13 +8,13 @@ closed loop against 15% on the demos; README, LIBERO). A head switching that muc
 thing to look at when a deployment goes worse than the offline numbers said.
 
 The watch keeps the last `window` comparable answers (argmin at the calibrated margin, N >= 2,
-not a fallback) with each one's expected rate, exports both rates as gauges, and logs one warning
-when the live rate exceeds `factor` x expected and expected + `min_excess`, and is too unlikely
-under the expected rate to be chance (binomial tail < `alarm_p`: a small window at a 10% rate
-reads 30% one time in fifteen); it warns again only
-after the rate has come back to halfway between that line and the expected rate (no warning per
-answer while the rate hovers at the line). Answers of another model version are not counted,
-so a hot-swapped head starts a fresh window with its own calibration.
+not a fallback) with each one's expected rate and exports both rates as gauges. It logs one
+warning when the live rate exceeds `factor` x expected and expected + `min_excess`, and is too
+unlikely under the expected rate to be chance (binomial tail < `alarm_p`: a window of 10 at a
+10% rate reads 30% one time in fifteen). It warns again only after the rate has come back to
+halfway between that line and the expected rate, not at every answer while it hovers at the
+line. Answers of another model version are not counted, so a hot-swapped head starts a fresh
+window with its own calibration.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from energy_rerank.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class WatchConfig:
-    window: int = 500  # comparable answers the live rate is taken over (0 = no watch); ~10 s at 50 Hz
+    window: int = 500  # comparable answers the live rate is taken over (0 = no watch); ~80 s of one robot at 6 requests/s
     factor: float = 2.0  # warn when live > factor x expected ...
     min_excess: float = 0.1  # ... and live > expected + min_excess (small rates are noisy)
     # ... and that many switches would happen with probability < alarm_p at the expected rate; the
