@@ -22,6 +22,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv | tee "$OUT/nvidia-smi.csv"
 python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
+# kernels/ is energy_rerank.kernels only once the project is installed; the device has no
+# internet, so no build isolation (its image has setuptools and wheel) and no dependencies
+python3 -c "import energy_rerank.kernels" 2>/dev/null ||
+  python3 -m pip install -q -e . --no-deps --no-build-isolation || { echo "could not install the project"; exit 1; }
 for step in $STEPS; do
   case $step in
     check) timeout "${T_CHECK:-540}" python3 -m energy_rerank.kernels.check_gpu --out "$OUT" 2>&1 | tee "$OUT/check_gpu.log" ;;
