@@ -45,11 +45,15 @@ CASES = (  # (dtype, B, N, fp32 dot precision)
 )
 
 
-def run_tests(repo: Path) -> int:
-    # The kernel files (they run interpreted on a CPU, compiled here) and every file with a
-    # GPU-only test (skipped everywhere else, so this is where they run at all).
+def gpu_test_files(repo: Path) -> list[Path]:
+    """The kernel test files (interpreted on a CPU, compiled here) and every file with a GPU-only
+    test (skipped everywhere else, so this is where they run at all)."""
     files = sorted((repo / "tests").glob("test_*.py"))
-    tests = [str(p) for p in files if p.name.startswith("test_kernels_") or "pytest.mark.gpu" in p.read_text()]
+    return [p for p in files if p.name.startswith("test_kernels_") or "pytest.mark.gpu" in p.read_text()]
+
+
+def run_tests(repo: Path) -> int:
+    tests = [str(p) for p in gpu_test_files(repo)]
     if not tests:
         print(f"no tests/test_kernels_*.py under {repo}; skipping the test step")
         return 0

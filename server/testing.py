@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ from energy_rerank.energy import EnergyModel
 from energy_rerank.normalize import NormStats
 from energy_rerank.policy.reference import ReferenceConfig, ReferenceVLA
 from energy_rerank.reranker import Reranker
-from energy_rerank.server.app import RerankServer
 from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY, ServerConfig
+
+if TYPE_CHECKING:  # imported where a server is built: the bundle helpers need no grpc extras
+    from energy_rerank.server.app import RerankServer
 
 TINY_CAMERA = "agentview"
 TINY_LOWDIM = 25  # the synthetic task's low-dim state with 3 targets (7 proprio + 3 x 6 poses)
@@ -142,6 +145,8 @@ class InProcessServer:
         return self
 
     async def _start(self) -> RerankServer:
+        from energy_rerank.server.app import RerankServer  # health/reflection: the server-only extras
+
         server = RerankServer(self.config, self.reranker)  # grpc.aio binds to the running loop
         await server.start()
         return server
