@@ -9,8 +9,9 @@
    backend (autotuned, CUDA graphs) against the shared-context eager torch scorer, checks the
    triton energies against the fp32 torch reference on the same inputs, and prints the issue's
    acceptance lines with the ratio to the FLOP and byte floors, and which plan (fused chains or
-   one launch per layer) the CUDA-graph capture kept, with both plans' replay times. Writes
-   check_gpu.json to --out.
+   one launch per layer) the CUDA-graph capture kept, with every plan's replay time. Each row is
+   printed and check_gpu.json (in --out) rewritten as soon as it is measured, so a run stopped by
+   its time limit keeps its rows ("complete": false; unmeasured lines read "not measured").
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -88,7 +90,9 @@ def max_rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((out.float() - ref).abs() / ref.abs().clamp_min(1e-6)).max())
 
 
-def bench(calls: int, ceilings: dict[str, float]) -> list[dict]:
+def bench(calls: int, ceilings: dict[str, float], on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """One row per CASES entry; `on_row(rows so far)` after each, so a run cut off by a time
+    limit still leaves what it measured."""
     torch.manual_seed(0)
     cfg = EnergyConfig()
     base = EnergyModel(cfg).cuda().eval()
@@ -135,22 +139,38 @@ def bench(calls: int, ceilings: dict[str, float]) -> list[dict]:
         )
         del triton_scorer, eager, model
         torch.cuda.empty_cache()
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
-def acceptance(rows: list[dict]) -> list[tuple[str, bool]]:
-    def row(dtype: str, b: int, n: int, precision: str = "-") -> dict:
-        return next(r for r in rows if (r["dtype"], r["B"], r["N"], r["fp32_precision"]) == (dtype, b, n, precision))
+def acceptance(rows: list[dict]) -> list[tuple[str, bool | None]]:
+    """The issue's lines; None for a line whose row was not measured (a run cut short)."""
 
+    def row(dtype: str, b: int, n: int, precision: str = "-") -> dict | None:
+        key = (dtype, b, n, precision)
+        return next((r for r in rows if (r["dtype"], r["B"], r["N"], r["fp32_precision"]) == key), None)
+
+    def line(r: dict | None, ok: Callable[[dict], bool]) -> bool | None:
+        return None if r is None else ok(r)
+
+    bf16 = [r for r in rows if r["dtype"] == "bfloat16"]
     fp32 = [r for r in rows if r["dtype"] == "float32"]
     return [
-        ("bf16 B=8 N=64 <= 0.10 ms", row("bfloat16", 8, 64)["triton_ms"] <= 0.10),
-        ("bf16 B=32 N=64 >= 5x eager", row("bfloat16", 32, 64)["speedup"] >= 5.0),
-        ("fp32 (tf32) B=8 N=64 <= 0.25 ms", row("float32", 8, 64, "tf32")["triton_ms"] <= 0.25),
-        ("fp32 (tf32x3) B=8 N=64 <= 0.25 ms", row("float32", 8, 64, "tf32x3")["triton_ms"] <= 0.25),
-        ("bf16 energies within 2e-2 of fp32", all(r["max_rel_err_vs_fp32"] <= 2e-2 for r in rows if r["dtype"] == "bfloat16")),
-        ("fp32 energies within 1e-3", all(r["max_rel_err_vs_fp32"] <= 1e-3 for r in fp32)),
+        ("bf16 B=8 N=64 <= 0.10 ms", line(row("bfloat16", 8, 64), lambda r: r["triton_ms"] <= 0.10)),
+        ("bf16 B=32 N=64 >= 5x eager", line(row("bfloat16", 32, 64), lambda r: r["speedup"] >= 5.0)),
+        ("fp32 (tf32) B=8 N=64 <= 0.25 ms", line(row("float32", 8, 64, "tf32"), lambda r: r["triton_ms"] <= 0.25)),
+        ("fp32 (tf32x3) B=8 N=64 <= 0.25 ms", line(row("float32", 8, 64, "tf32x3"), lambda r: r["triton_ms"] <= 0.25)),
+        ("bf16 energies within 2e-2 of fp32", all(r["max_rel_err_vs_fp32"] <= 2e-2 for r in bf16) if bf16 else None),
+        ("fp32 energies within 1e-3", all(r["max_rel_err_vs_fp32"] <= 1e-3 for r in fp32) if fp32 else None),
     ]
+
+
+def print_row(r: dict) -> None:
+    print(f"{r['dtype']:9} {r['fp32_precision']:>8} {r['B']:>3} {r['N']:>4} {r['triton_ms']:>10.4f} {r['eager_ms']:>9.4f} "
+          f"{r['speedup']:>8.1f} {r['x_floor']:>8.2f} {r['gflop']:>6.1f} {r['mbytes']:>6.1f} "
+          f"{r['max_rel_err_vs_fp32']:>8.1e} {r['plan'] or '-':>12} {_ms(r['fused_replay_ms']):>7} "
+          f"{_ms(r['fused_cublas_replay_ms']):>7} {_ms(r['layered_replay_ms']):>7}", flush=True)
 
 
 def _ms(value: float | None) -> str:
@@ -176,22 +196,26 @@ def main(argv: list[str] | None = None) -> int:
         f"ceilings: copy {ceilings['bytes_per_s'] / 1e12:.2f} TB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} "
         f"TFLOP/s, tf32 {ceilings['tf32_flops'] / 1e12:.0f} TFLOP/s"
     )
-    rows = bench(args.calls, ceilings)
-    checks = acceptance(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name(), "tests_rc": tests_rc, "ceilings": ceilings, "rows": rows,
-              "acceptance": dict(checks)}
-    (args.out / "check_gpu.json").write_text(json.dumps(report, indent=2))
+
+    def save(rows: list[dict], complete: bool) -> list[tuple[str, bool | None]]:
+        checks = acceptance(rows)
+        report = {"device": torch.cuda.get_device_name(), "tests_rc": tests_rc, "ceilings": ceilings, "rows": rows,
+                  "acceptance": dict(checks), "complete": complete}  # fmt: skip
+        (args.out / "check_gpu.json").write_text(json.dumps(report, indent=2))
+        return checks
+
     print(f"\n{'dtype':9} {'fp32 dot':>8} {'B':>3} {'N':>4} {'triton ms':>10} {'eager ms':>9} {'speedup':>8} {'x floor':>8} "
-          f"{'GFLOP':>6} {'MB':>6} {'rel err':>8} {'plan':>12} {'fused':>7} {'cublas':>7} {'layered':>7}")
-    for r in rows:
-        print(f"{r['dtype']:9} {r['fp32_precision']:>8} {r['B']:>3} {r['N']:>4} {r['triton_ms']:>10.4f} {r['eager_ms']:>9.4f} "
-              f"{r['speedup']:>8.1f} {r['x_floor']:>8.2f} {r['gflop']:>6.1f} {r['mbytes']:>6.1f} "
-              f"{r['max_rel_err_vs_fp32']:>8.1e} {r['plan'] or '-':>12} {_ms(r['fused_replay_ms']):>7} "
-              f"{_ms(r['fused_cublas_replay_ms']):>7} {_ms(r['layered_replay_ms']):>7}")
+          f"{'GFLOP':>6} {'MB':>6} {'rel err':>8} {'plan':>12} {'fused':>7} {'cublas':>7} {'layered':>7}", flush=True)
+    def measured(so_far: list[dict]) -> None:  # printed and saved at once: a run cut off by its time limit keeps them
+        print_row(so_far[-1])
+        save(so_far, complete=False)
+
+    rows = bench(args.calls, ceilings, on_row=measured)
+    checks = save(rows, complete=True)
     print(f"kernel tests on GPU: {'passed' if tests_rc == 0 else f'FAILED (rc {tests_rc})'}")
     for name, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+        print(f"{'not measured' if ok is None else 'PASS' if ok else 'FAIL'}  {name}")
     return int(tests_rc != 0 or not all(ok for _, ok in checks))
 
 

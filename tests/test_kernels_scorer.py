@@ -109,3 +109,27 @@ def test_serve_chains_flag_reaches_the_server_config():
         parser.parse_args(["serve", "--chains", "persistent"])
     with pytest.raises(ValueError, match="chains must be one of"):
         ServerConfig(chains="persistent")
+
+
+def test_acceptance_lines_from_partial_and_full_runs():
+    """check_gpu judges the issue's lines from the rows it has: a run cut short by its time limit
+    reports the missing lines as not measured (None), never as passed."""
+    from energy_rerank.kernels.check_gpu import acceptance
+
+    def row(dtype, b, n, ms, speedup=1.0, err=1e-4, precision="-"):
+        return {"dtype": dtype, "B": b, "N": n, "fp32_precision": precision, "triton_ms": ms, "speedup": speedup,
+                "max_rel_err_vs_fp32": err}  # fmt: skip
+
+    partial = dict(acceptance([row("bfloat16", 8, 64, 0.09)]))
+    assert partial["bf16 B=8 N=64 <= 0.10 ms"] is True
+    assert partial["bf16 B=32 N=64 >= 5x eager"] is None and partial["fp32 energies within 1e-3"] is None
+    assert dict(acceptance([]))["bf16 energies within 2e-2 of fp32"] is None
+    full = dict(acceptance([
+        row("bfloat16", 8, 64, 0.12), row("bfloat16", 32, 64, 0.2, speedup=5.5, err=3e-2),
+        row("float32", 8, 64, 0.24, precision="tf32", err=2e-3), row("float32", 8, 64, 0.5, precision="tf32x3"),
+    ]))  # fmt: skip
+    assert full == {
+        "bf16 B=8 N=64 <= 0.10 ms": False, "bf16 B=32 N=64 >= 5x eager": True,
+        "fp32 (tf32) B=8 N=64 <= 0.25 ms": True, "fp32 (tf32x3) B=8 N=64 <= 0.25 ms": False,
+        "bf16 energies within 2e-2 of fp32": False, "fp32 energies within 1e-3": False,
+    }  # fmt: skip
