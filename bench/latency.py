@@ -103,6 +103,8 @@ def run_scoring(args: argparse.Namespace, device: torch.device, out: Path, meta:
             "ratio_to_byte_floor": t.median_ms / (f.byte_s * 1e3),
             "achieved_tflops": f.flops / (t.median_ms * 1e-3) / 1e12,
         })  # fmt: skip
+        with open(out / "score_partial.jsonl", "a") as fh:  # kept if a later case is cut off
+            fh.write(json.dumps(records[-1]) + "\n")
     return records
 
 

@@ -199,6 +199,8 @@ def main() -> int:
         print("profile_kernels needs a CUDA device")
         return 2
     results = []
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
     for dt, (b, n) in itertools.product(args.dtype, args.bn):
         dtype = torch.bfloat16 if dt == "bf16" else torch.float32
         r = profile(dtype, b, n, args.sweep)
@@ -210,9 +212,8 @@ def main() -> int:
             print(f"{row['launch']:12} {row['M']:>6} {row['K']:>5} {row['N']:>5} {row['gflop']:>6.2f} "
                   f"{row['triton_ms']:>8.4f} {row['cublas_ms']:>8.4f} {row.get('sweep_best_ms', float('nan')):>8.4f}  "
                   f"{row.get('sweep_best', '')}")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "profile.json").write_text(json.dumps(results, indent=1))
+        if args.out:  # after every shape: a run cut off by its time limit keeps the finished ones
+            (args.out / "profile.json").write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -30,6 +30,9 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
     timed = [r for r in score if "median_ms" in r]
     assert {r["provider"] for r in timed} == {"seed", "torch", "onnxruntime"}
     assert {r["provider"] for r in score if "skipped" in r} == {"triton"}  # no CUDA here
+    # each timed case is also appended as it finishes, for a run cut off by a time limit
+    partial = [json.loads(line) for line in (out / "score_partial.jsonl").read_text().splitlines()]
+    assert partial == timed
     for r in timed:
         assert r["median_ms"] > 0 and r["flops"] > 0 and r["ratio_to_flop_floor"] > 1
         assert r["torch"] and r["device"] == "cpu" and r["host"]
