@@ -12,7 +12,7 @@ from energy_rerank.cli import HelpFormatter, float_list
 
 
 def add_parser(subparsers: Any) -> None:
-    ev = subparsers.add_parser("eval", help="evaluate reranking (offline on recorded episodes)")
+    ev = subparsers.add_parser("eval", help="evaluate reranking: offline on recorded episodes, or closed loop in LIBERO through a server")
     sub = ev.add_subparsers(dest="eval_command", metavar="MODE", required=True)
     p = sub.add_parser(
         "offline",
