@@ -57,10 +57,10 @@ class EnergyHeadSwapper:
                 # One request only: capturing every CUDA-graph bucket here would hold the inference thread
                 # for seconds; the rest are captured on first use.
                 await self.servicer.batcher.call(warm_up, new)  # between batches, like a request
+                self.servicer.use(new, path)  # raises before swapping on an unreadable selection.json
             except Exception:
                 self.metrics.reloads.labels(result="error").inc()
                 raise
-            self.servicer.use(new, path)
             self.energy_path = path
             self.metrics.reloads.labels(result="ok").inc()
         swap = Swap(old.model_version, new.model_version, time.perf_counter() - t0)

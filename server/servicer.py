@@ -34,13 +34,15 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         self.use(reranker, config.energy_path)
 
     def use(self, reranker: Reranker, energy_path: str | Path) -> None:
-        """Serve this reranker from the next batch on (start-up, and hot swaps: admin.py)."""
-        self.reranker = reranker  # read at every batch: replacing it swaps models between batches
+        """Serve this reranker from the next batch on (start-up, and hot swaps: admin.py). A head
+        whose selection.json cannot be read raises before anything changes."""
         # The head's held-out switch rates at the margin served (None: unrecorded, or another margin)
-        self.switch_rates: SwitchExpectation | None = expectation_for(energy_path, reranker.switch_margin)
+        rates = expectation_for(energy_path, reranker.switch_margin)
+        self.switch_rates: SwitchExpectation | None = rates
         self.switch_watch: SwitchWatch | None = switch_watch_for(
-            self.switch_rates, reranker, self.config.switch_watch, self.metrics
+            rates, reranker, self.config.switch_watch, self.metrics
         )
+        self.reranker = reranker  # read at every batch: replacing it swaps models between batches
 
     def select_batch(self, items: list[Item]) -> list[tuple[Selection, str]]:
         """Runs on the inference thread. Each answer carries the version of the models that made it."""

@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 
+import grpc
 import numpy as np
 import pytest
 
@@ -146,6 +147,8 @@ def test_flags_reach_the_config() -> None:
 def test_server_warns_when_the_head_switches_far_more_than_calibrated(tmp_path, caplog) -> None:
     policy, head = write_tiny_bundles(tmp_path / "a")
     _, plain = write_tiny_bundles(tmp_path / "b", seed=1)
+    _, broken = write_tiny_bundles(tmp_path / "c", seed=2)
+    write_switch_margin(broken, 0.0, {"n": 8, "held_out": {"switched@8": "lots"}})  # a readable margin, bad rates
     # The calibration claims this head almost never leaves the policy's chunk at margin 0; a random
     # head switches at most steps (7 of 8 candidates are not the base).
     write_switch_margin(head, 0.0, {"n": 8, "held_out": {"switched@8": 0.02}})
@@ -172,6 +175,13 @@ def test_server_warns_when_the_head_switches_far_more_than_calibrated(tmp_path, 
         assert metrics.switch_rate_expected._value.get() == pytest.approx(0.02)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "switched away" in warnings[0] and "2%" in warnings[0]
+
+        watch, version = srv.server.servicer.switch_watch, c.info().model_version
+        with pytest.raises(grpc.RpcError) as e:  # refused whole: the old head, its watch and rates stay
+            c.reload_energy_head(str(broken))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "held_out" in e.value.details()
+        assert srv.server.servicer.switch_watch is watch and c.select(**obs, num_candidates=8).model_version == version
+        assert metrics.reloads.labels(result="error")._value.get() == 1
 
         c.reload_energy_head(str(plain))  # a head without a calibration: nothing to compare with
         assert srv.server.servicer.switch_watch is None and c.info().calibrated_switch_rates == {}
