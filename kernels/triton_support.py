@@ -50,6 +50,25 @@ def unsupported_reason(config: EnergyConfig) -> str | None:
 
 
 FP32_PRECISIONS = ("tf32x3", "tf32", "ieee")
+TF32_DROPPED_BITS = 13  # fp32 keeps 23 mantissa bits, tf32 10
+
+
+def to_tf32(x: torch.Tensor, mode: str = "round") -> torch.Tensor:
+    """fp32 -> the tf32 value a tensor core multiplies: the low 13 mantissa bits cleared.
+
+    "round": to nearest (ties away from zero), what `cvt.rna.tf32.f32` gives; "truncate": toward
+    zero, what Hopper's wgmma does to raw fp32 operands. Inf stays inf. Other dtypes are returned as they are.
+    """
+    if x.dtype != torch.float32:
+        return x
+    bits = x.contiguous().view(torch.int32)
+    if mode == "round":  # add half of the dropped range, then clear it
+        bits = bits + (1 << (TF32_DROPPED_BITS - 1))
+    elif mode != "truncate":
+        raise ValueError(f"mode must be 'round' or 'truncate', got {mode!r}")
+    return (bits & -(1 << TF32_DROPPED_BITS)).view(torch.float32)
+
+
 CHAIN_MODES = ("auto", "fused", "fused_cublas", "layered")  # TritonScorer plans: see triton_scorer.py
 
 
@@ -57,8 +76,8 @@ def dot_precision(storage: torch.dtype, fp32_precision: str = "tf32x3") -> str:
     """tl.dot's input_precision for this storage type.
 
     For fp32 operands: "tf32x3" (three tf32 tensor-core products: ~3e-7 relative error on the
-    H100, the default), "tf32" (one product: ~1.7x faster, ~1e-2 element-wise error on the H100)
-    or "ieee" (no tensor cores). bf16 operands ignore it.
+    H100, the default), "tf32" (one product: ~1.7x faster; kernels/README.md "Numerics" for its
+    error) or "ieee" (no tensor cores). bf16 operands ignore it.
     """
     if fp32_precision not in FP32_PRECISIONS:
         raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
