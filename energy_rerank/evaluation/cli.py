@@ -156,7 +156,9 @@ def add_libero_parser(sub: Any) -> None:
         description=(
             "Runs LIBERO episodes under the standard protocol (fixed init states 0..K-1, 10 wait steps, the "
             "suite's max steps); every chunk comes from the server at --server via SelectAction and the "
-            "client's chunk broker, once per --n-candidates setting (N=1 = the base policy, no reranking). "
+            "client's chunk broker, once per --n-candidates setting (N=1 = the base policy, no reranking), "
+            "and with --switch-margins once per (N > 1, margin): a sweep of the margin against closed-loop "
+            "success, on the policy's own states rather than on demonstrations. "
             "Writes report.json (success per task and overall with Wilson 95% intervals, mean episode "
             "length, client-observed and server latency percentiles, every episode, and the server's model "
             "version and switch margin) and success.png to --out. "
@@ -177,6 +179,15 @@ def add_libero_parser(sub: Any) -> None:
         default=[1, 16, 64],
         help="candidate counts N, one setting each",
     )
+    p.add_argument(
+        "--switch-margins",
+        type=_margin,
+        nargs="+",
+        default=argparse.SUPPRESS,  # absent: the server's margin only
+        metavar="M",
+        help="switch margins sent with each request, one setting per N > 1 and margin: numbers >= 0, "
+        "inf (never switch) or 'server' (the server's own). Default: the server's only",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="control-step cap (default: the suite's)")
     p.add_argument("--prefetch", type=float, default=0.0, help="broker prefetch fraction in [0, 1)")
     p.add_argument("--sigma-scale", type=float, default=1.0, help="multiplies the server sampler's sigmas")
@@ -188,6 +199,19 @@ def add_libero_parser(sub: Any) -> None:
     p.add_argument("--video-episodes", type=int, default=2, help="filmed episodes per task and setting")
     p.add_argument("--out", required=True, help="output directory for report.json and success.png")
     p.set_defaults(func=_libero)
+
+
+def _margin(text: str) -> float | None:
+    """--switch-margins item: 'server' -> None, else a number >= 0 (inf allowed)."""
+    if text == "server":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number, inf or 'server'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"a switch margin is >= 0 (inf: never switch), got {text}")
+    return value
 
 
 def _libero(args: argparse.Namespace) -> int:
@@ -204,6 +228,7 @@ def _libero(args: argparse.Namespace) -> int:
         tasks=tuple(args.tasks),
         episodes=args.episodes,
         ns=tuple(args.n_candidates),
+        margins=tuple(getattr(args, "switch_margins", [None])),
         max_steps=args.max_steps,
         prefetch_fraction=args.prefetch,
         sigma_scale=args.sigma_scale,

@@ -1,12 +1,14 @@
 """Closed-loop LIBERO through the real service: success with and without reranking.
 
-Every setting (N candidates per SelectAction; N = 1 is the base policy) runs the same episodes:
-for each task, init states 0..K-1 under the standard protocol (`libero.runner`), every chunk
-from the server via `ServedController`. The report gives success per task and overall with
-Wilson 95% intervals (small K makes normal intervals useless near 0 and 1), mean episode length,
-and latency percentiles seen by the client and reported by the server, and how often the head
-left the policy's chunk (`reranked_share`) next to the rate its calibration measured on held-out
-demonstrations (`calibrated_share`, from GetModelInfo): far above it, the policy's own states are
+Every setting (N candidates per SelectAction, N = 1 being the base policy; and, when asked, a
+switch margin per request, which sweeps the margin against closed-loop success rather than
+against held-out demonstrations) runs the same episodes: for each task, init states 0..K-1 under
+the standard protocol (`libero.runner`), every chunk from the server via `ServedController`.
+The report gives success per task and overall with Wilson 95% intervals (small K makes normal
+intervals useless near 0 and 1), mean episode length, and latency percentiles seen by the client
+and reported by the server, and how often the head left the policy's chunk (`reranked_share`)
+next to the rate its calibration measured on held-out demonstrations (`calibrated_share`, from
+GetModelInfo, for settings at the server's margin): far above it, the policy's own states are
 ones the switch margin was not fitted on.
 """
 
@@ -35,6 +37,8 @@ class ClosedLoopConfig:
     tasks: tuple[int, ...] = (0,)  # task ids within the suite
     episodes: int = 10  # per task and setting: init states 0..episodes-1
     ns: tuple[int, ...] = (1, 16, 64)  # candidate counts; 1 = base policy, no reranking
+    # switch margins sent with each request, one setting per (N > 1, margin); None = the server's
+    margins: tuple[float | None, ...] = (None,)
     max_steps: int | None = None  # control-step cap; None = the suite's standard max steps
     prefetch_fraction: float = 0.0  # broker prefetch (0 = request when the chunk is used up)
     sigma_scale: float = 1.0  # multiplies the server sampler's noise sigmas
@@ -46,6 +50,20 @@ class ClosedLoopConfig:
     def __post_init__(self) -> None:
         if self.episodes < 1 or not self.tasks or not self.ns or min(self.ns) < 1:
             raise ValueError(f"need episodes >= 1, some tasks and N >= 1; got {self}")
+        if not self.margins or any(m is not None and not m >= 0 for m in self.margins):
+            raise ValueError(f"switch margins must be >= 0 (inf: never switch) or None (the server's); got {self.margins}")
+        if len(set(self.settings())) < len(self.settings()):
+            raise ValueError(f"a setting repeats: N {self.ns}, margins {self.margins}")
+
+    def settings(self) -> list[tuple[int, float | None]]:
+        """(N, margin) per setting, in run order. N = 1 runs once: with one candidate there is
+        nothing to switch to, whatever the margin."""
+        return [(n, m) for n in self.ns for m in ((None,) if n == 1 else self.margins)]
+
+
+def setting_label(n: int, margin: float | None) -> str:
+    """"N=64", or "N=64 M=1.5" for a setting that sends its own switch margin."""
+    return f"N={n}" if margin is None else f"N={n} M={margin:g}"
 
 
 def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
@@ -82,13 +100,13 @@ def run_closed_loop(
         "calibrated_switch_rates": {str(k): v for k, v in sorted(info.calibrated_switch_rates.items())},
     }
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(config.tasks) * len(config.ns) * config.episodes, desc="closed-loop", unit="ep")
+    bar = tqdm(total=len(config.tasks) * len(config.settings()) * config.episodes, desc="closed-loop", unit="ep")
     t0 = time.perf_counter()
     for task in config.tasks:
         sim = LiberoSim(SimConfig(suite=config.suite, task_id=task))
         filming = _video_sim(config, task)
         try:
-            for n in config.ns:
+            for n, margin in config.settings():
                 ok = 0
                 for e in range(config.episodes):
                     film = filming is not None and e < config.video_episodes
@@ -99,8 +117,9 @@ def run_closed_loop(
                             prefetch_fraction=config.prefetch_fraction,
                             sigma_scale=config.sigma_scale,
                             seed=config.seed,
+                            switch_margin=margin,
                         ),
-                        episode_key=f"{config.suite}/{task}/{e}",  # same request seeds for every N
+                        episode_key=f"{config.suite}/{task}/{e}",  # same request seeds in every setting
                     )
                     ctrl.record_frames = film
                     try:
@@ -110,11 +129,12 @@ def run_closed_loop(
                     finally:
                         ctrl.close()
                     ok += res.success
-                    rows.append(_row(task, n, e, res.success, res.steps, ctrl))
+                    rows.append(_row(task, n, margin, e, res.success, res.steps, ctrl))
                     if film:
-                        _write_video(ctrl.frames, Path(config.video_dir) / f"task{task}_n{n}_ep{e}.mp4")
+                        m = "" if margin is None else f"_m{margin:g}"
+                        _write_video(ctrl.frames, Path(config.video_dir) / f"task{task}_n{n}{m}_ep{e}.mp4")
                     bar.update()
-                    bar.set_postfix(task=task, N=n, success=f"{ok}/{e + 1}")
+                    bar.set_postfix(task=task, setting=setting_label(n, margin), success=f"{ok}/{e + 1}")
         finally:
             sim.close()
             if filming is not None:
@@ -125,11 +145,12 @@ def run_closed_loop(
     return summarize(rows, config, time.perf_counter() - t0, server=server)
 
 
-def _row(task: int, n: int, episode: int, success: bool, steps: int, ctrl: Any) -> dict[str, Any]:
+def _row(task: int, n: int, margin: float | None, episode: int, success: bool, steps: int, ctrl: Any) -> dict[str, Any]:
     log = ctrl.log
     return {
         "task": task,
         "n": n,
+        "margin": margin,  # the switch margin the requests sent; None = the server's
         "episode": episode,
         "success": bool(success),
         "steps": int(steps),
@@ -193,10 +214,13 @@ def summarize(
     done_tasks = [t for t in config.tasks if any(r["task"] == t for r in rows)]
     calibrated = calibrated_switch_rates(server or {})
     settings = {}
-    for n in config.ns:
-        mine = [r for r in rows if r["n"] == n]
-        settings[f"N={n}"] = {
+    for n, margin in config.settings():
+        mine = [r for r in rows if r["n"] == n and r["margin"] == margin]
+        # the calibration was measured at the server's margin: it predicts nothing at another
+        at_calibrated = margin is None or (calibrated is not None and margin == calibrated.margin)
+        settings[setting_label(n, margin)] = {
             "n_candidates": n,
+            "switch_margin": margin,  # None: the server's (server.switch_margin)
             "overall": _success(mine),
             "per_task": {str(t): _success([r for r in mine if r["task"] == t]) for t in done_tasks},
             "latency": {
@@ -206,7 +230,7 @@ def summarize(
             "reranked_share": float(np.mean([r["reranked_share"] for r in mine])) if mine else 0.0,
             # what the head's calibration expects reranked_share to be; far below the measured
             # share, the policy's own states are ones the margin was not fitted on
-            "calibrated_share": calibrated.at(n) if calibrated is not None and n > 1 else None,
+            "calibrated_share": calibrated.at(n) if calibrated is not None and n > 1 and at_calibrated else None,
             "fallbacks": int(sum(r["fallbacks"] for r in mine)),
         }
     episodes = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]

@@ -30,6 +30,7 @@ class ControllerConfig:
     prefetch_fraction: float = 0.0  # request the next chunk when this share is left (0 = at the end)
     sigma_scale: float = 1.0  # multiplies the server sampler's noise sigmas
     seed: int = 0  # request seeds derive from (seed, episode key, request index): runs are repeatable
+    switch_margin: float | None = None  # energy gain needed to leave the policy's chunk; None = the server's
     timeout: float = 30.0  # seconds per SelectAction (retries included); generous for a loaded 2-core CPU
 
 
@@ -67,6 +68,8 @@ class ServedController:
 
     def _request(self, obs: Observation) -> np.ndarray:
         kwargs = self._select_kwargs(obs)
+        if self.config.switch_margin is not None:
+            kwargs["switch_margin"] = self.config.switch_margin
         seed = (self._seed_base + len(self.log.client_seconds)) % 2**31
         t0 = time.perf_counter()
         r = self.client.select(
