@@ -136,7 +136,6 @@ def _mlp_trunk(mlp: MLPResNet, store: Callable[[torch.Tensor], torch.Tensor], fo
     return layers
 
 
-@torch.no_grad()
 def _storage(dtype: torch.dtype, tf32_weights: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     if tf32_weights and dtype != torch.float32:
         raise ValueError(f"tf32_weights needs float32 storage, got {dtype}")
@@ -145,6 +144,7 @@ def _storage(dtype: torch.dtype, tf32_weights: bool) -> Callable[[torch.Tensor],
     return (lambda w: to_tf32(w.to(dtype))) if tf32_weights else (lambda w: w.to(dtype))
 
 
+@torch.no_grad()
 def fold_energy_head(
     model: EnergyModel,
     dtype: torch.dtype | None = None,

@@ -179,6 +179,7 @@ def test_single_tf32_weights_are_tf32_and_colsums_exact(k):
     head = k.triton_scorer.TritonScorer(model, fp32_precision="tf32", fold_ln_min_k=1).head
     for layer in (*head.context, *head.actions, head.out_proj, *head.head):
         assert torch.equal(layer.weight, to_tf32(layer.weight))  # the hardware drops nothing more
+        assert not layer.weight.requires_grad  # folded under no_grad: no autograd graph kept alive
         assert layer.colsum is None or torch.equal(layer.colsum, layer.weight.double().sum(0).float())
     other = k.triton_scorer.TritonScorer(model, fp32_precision="tf32x3").head.context[0].weight
     assert not torch.equal(other, to_tf32(other))  # tf32x3 keeps every fp32 bit
