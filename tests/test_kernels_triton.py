@@ -189,6 +189,19 @@ def test_single_tf32_weights_are_tf32_and_colsums_exact(k):
         k.folded_weights.fold_energy_head(model, torch.bfloat16, tf32_weights=True)
 
 
+def test_tf32_dot_probe_tells_truncation_from_rounding(k):
+    """check_gpu's probe names which operands a tf32 dot multiplied: here the emulation's."""
+    if ON_GPU:
+        pytest.skip("on the GPU, check_gpu prints what the hardware does")
+    from energy_rerank.kernels.check_gpu import tf32_dot_probe
+    from energy_rerank.kernels.interpreter_tf32 import hopper_tf32
+
+    for mode, name in (("truncate", "truncated"), ("round", "rounded")):
+        with hopper_tf32(mode):
+            probe = tf32_dot_probe(DEVICE, m=32, k=256, n=64)
+        assert probe[name] < 1e-6 < min(v for key, v in probe.items() if key != name), (mode, probe)
+
+
 def test_to_tf32_rounds_and_truncates():
     x = torch.tensor([1 + 2**-11, 1 + 2**-11 + 2**-20, -(1 + 3 * 2**-12), 1.0, float("inf"), -0.0])
     assert to_tf32(x, "truncate").tolist() == [1.0, 1.0, -1.0, 1.0, float("inf"), -0.0]
