@@ -221,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         f"ceilings: copy {ceilings['bytes_per_s'] / 1e12:.2f} TB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} "
         f"TFLOP/s, tf32 {ceilings['tf32_flops'] / 1e12:.0f} TFLOP/s"
     )
-    probe = tf32_dot_probe(torch.device("cuda"))
-    print("single-tf32 dot, distance from fp64 of exact / truncated / rounded operands: "
-          + " / ".join(f"{v:.1e}" for v in probe.values()), flush=True)  # fmt: skip
+    try:  # a diagnosis: it must not cost the timed rows below
+        probe: dict[str, float | str] = dict(tf32_dot_probe(torch.device("cuda")))
+        print("single-tf32 dot, distance from fp64 of exact / truncated / rounded operands: "
+              + " / ".join(f"{v:.1e}" for v in probe.values()), flush=True)  # fmt: skip
+    except Exception as e:  # noqa: BLE001
+        probe = {"error": repr(e)}
+        print(f"single-tf32 dot probe failed: {e!r}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save(rows: list[dict], complete: bool) -> list[tuple[str, bool | None]]:
