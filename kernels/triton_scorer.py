@@ -50,7 +50,7 @@ import torch
 from energy_rerank.energy import EnergyModel
 from energy_rerank.kernels.energy_attention import AttentionBlocks, masked_cross_attention
 from energy_rerank.kernels.energy_readout import energy_readout
-from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, UNFOLDED, FoldedEnergyHead, fold_energy_head
+from energy_rerank.kernels.folded_weights import FOLD_LN_MIN_K, FoldedEnergyHead, fold_energy_head
 from energy_rerank.kernels.fused_chain import ChainBlocks, PackedChain, fused_chain, pack_chain, with_pre
 from energy_rerank.kernels.fused_linear import LinearBlocks, fused_linear
 from energy_rerank.kernels.row_stats import row_stats
@@ -126,8 +126,8 @@ class TritonScorer:
         dtype: torch.dtype | None = None,  # compute dtype (default: the model's); fp32 or bf16
         autotune: bool = True,  # search block sizes on the GPU (first call per shape)
         blocks: TritonBlocks | None = None,
-        fold_ln_min_k: int | None = None,  # inputs this wide get their LN folded (default: below)
-        fp32_precision: str = "tf32x3",  # fp32 dots: tf32x3 (about fp32), tf32 (fastest) or ieee
+        fold_ln_min_k: int = FOLD_LN_MIN_K,  # inputs this wide get their LN folded (tests raise it)
+        fp32_precision: str = "tf32x3",  # fp32 dots: tf32x3 (about fp32) or ieee (no tensor cores)
         chains: str = "auto",  # "fused", "fused_cublas", "layered", or "auto": all that can run, timed per graph bucket
     ) -> None:
         device = next(model.parameters()).device
@@ -147,15 +147,7 @@ class TritonScorer:
             raise ValueError(f"chains must be one of {CHAIN_MODES}, got {chains!r}")
         self.fp32_precision = fp32_precision
         self.model = model.eval()
-        # Single tf32 drops 13 bits of every operand. A folded LayerNorm subtracts mean * colsum
-        # after the product, so that error is relative to the uncentred input and the mean's
-        # cancellation magnifies it: 3-8x the unfolded error under the interpreter's emulation of
-        # Hopper (kernels/interpreter_tf32.py; tests/test_kernels_triton.py). Such heads normalise
-        # tile by tile instead (the "layered" plan) and keep weights rounded to tf32.
-        single_tf32 = dtype == torch.float32 and fp32_precision == "tf32"
-        if fold_ln_min_k is None:
-            fold_ln_min_k = UNFOLDED if single_tf32 else FOLD_LN_MIN_K
-        self.head: FoldedEnergyHead = fold_energy_head(model, dtype, fold_ln_min_k, tf32_weights=single_tf32)
+        self.head: FoldedEnergyHead = fold_energy_head(model, dtype, fold_ln_min_k)
         self.device = device
         self.autotune = autotune
         self.blocks = blocks or TritonBlocks()
@@ -164,8 +156,7 @@ class TritonScorer:
             self.chains: _Chains | None = _pack_chains(self.head)
         except ValueError as e:  # e.g. LayerNorms left unfolded (fold_ln_min_k), or a very deep MLP
             if chains in ("fused", "fused_cublas"):
-                why = " (single-tf32 heads keep their LayerNorms unfolded: use tf32x3)" if single_tf32 else ""
-                raise ValueError(f"chains={chains!r} cannot run this head{why}: {e}") from e
+                raise ValueError(f"chains={chains!r} cannot run this head: {e}") from e
             self.chains = None
         no_library = library_product_reason(device, dtype)
         if self.chains is not None and self.chains.context_pre is None:

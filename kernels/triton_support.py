@@ -1,8 +1,8 @@
 """Whether Triton can run here, and how: compiled on CUDA, or the interpreter on CPU tensors.
 
 Nothing here imports triton at module import time, so `import energy_rerank.kernels` works on a
-machine with neither triton nor CUDA. The kernel modules (fused_linear, energy_attention,
-energy_readout) import triton themselves and are only imported by the Triton scorer.
+machine with neither triton nor CUDA, and the scoring backends can ask whether the Triton one
+fits. The kernel modules import triton themselves and are only imported by the Triton scorer.
 """
 
 from __future__ import annotations
@@ -49,45 +49,27 @@ def unsupported_reason(config: EnergyConfig) -> str | None:
     return None
 
 
-FP32_PRECISIONS = ("tf32x3", "tf32", "ieee")
-TF32_DROPPED_BITS = 13  # fp32 keeps 23 mantissa bits, tf32 10
-
-
-def to_tf32(x: torch.Tensor, mode: str = "round") -> torch.Tensor:
-    """fp32 -> the tf32 value a tensor core multiplies: the low 13 mantissa bits cleared.
-
-    "round": to nearest (ties away from zero), what `cvt.rna.tf32.f32` gives; "truncate": toward
-    zero, what Hopper's wgmma does to raw fp32 operands. Inf stays inf. Other dtypes are returned as they are.
-    """
-    if x.dtype != torch.float32:
-        return x
-    bits = x.contiguous().view(torch.int32)
-    if mode == "round":  # add half of the dropped range, then clear it
-        bits = bits + (1 << (TF32_DROPPED_BITS - 1))
-    elif mode != "truncate":
-        raise ValueError(f"mode must be 'round' or 'truncate', got {mode!r}")
-    return (bits & -(1 << TF32_DROPPED_BITS)).view(torch.float32)
-
-
+FP32_PRECISIONS = ("tf32x3", "ieee")  # tl.dot on fp32 operands: see dot_precision
 CHAIN_MODES = ("auto", "fused", "fused_cublas", "layered")  # TritonScorer plans: see triton_scorer.py
 
 
 def dot_precision(storage: torch.dtype, fp32_precision: str = "tf32x3") -> str:
     """tl.dot's input_precision for this storage type.
 
-    For fp32 operands: "tf32x3" (three tf32 tensor-core products: ~3e-7 relative error on the
-    H100, the default), "tf32" (one product: ~1.7x faster; kernels/README.md "Numerics" for its
-    error) or "ieee" (no tensor cores). bf16 operands ignore it.
+    For fp32 operands: "tf32x3" (three TF32 tensor-core products: ~3e-7 relative error on the
+    H100, the default) or "ieee" (no tensor cores). A single TF32 product per dot measured
+    1.3-2.2e-2 on the H100, far over fp32's 1e-3, so it is not offered. bf16 operands ignore the
+    value; they get one fixed one, so each kernel compiles (and autotunes) once per shape.
     """
     if fp32_precision not in FP32_PRECISIONS:
         raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
-    return fp32_precision if storage == torch.float32 else "tf32"
+    return fp32_precision if storage == torch.float32 else "tf32x3"
 
 
 def dot_dtype(storage: torch.dtype):
     """The operand type for tl.dot.
 
-    On the GPU: the storage type (bf16 operands on the tensor cores; fp32 operands run as tf32).
+    On the GPU: the storage type (bf16 operands on the tensor cores; fp32 operands as TF32 products).
     Under the interpreter bf16 arithmetic is not emulated correctly (triton 3.9: a bf16 dot or
     multiply returns garbage, while bf16 loads, stores and casts work), so operands are rounded
     to the storage type and multiplied in fp32, which is what the tensor cores compute anyway.

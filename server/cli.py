@@ -58,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="energy scorer backend; auto = triton on CUDA, else torch (default: %(default)s)")  # fmt: skip
     g.add_argument("--onnx", type=Path, help="exported energy head for --backend onnxruntime")
     g.add_argument("--fp32-precision", default=d.fp32_precision, choices=FP32_PRECISIONS,
-                   help="triton, fp32 heads: dot precision; tf32 is faster, tf32x3 matches fp32 (default: %(default)s)")  # fmt: skip
+                   help="triton, fp32 heads: dot precision; tf32x3 matches fp32 on the tensor cores, ieee skips them (default: %(default)s)")  # fmt: skip
     g.add_argument("--chains", default=d.chains, choices=CHAIN_MODES,
                    help="triton: fused = one launch per chain of hidden-wide layers, fused_cublas = the same with "
                         "the context's wide product on cuBLAS (bf16), layered = one per layer, auto = time every "

@@ -27,8 +27,8 @@ class ServerConfig:
     device: str = "cpu"  # torch device for both models, e.g. "cuda:0"
     backend: str = "auto"  # scorer: auto (triton on CUDA, else torch) | torch | triton | onnxruntime
     onnx_path: Path | None = None  # exported energy head for backend onnxruntime (`energy-rerank export`)
-    # triton, fp32 heads: tl.dot precision; tf32x3 matches torch fp32 (~1e-7), tf32 is ~1.7x faster
-    # on an H100 at ~1e-2 element-wise error (BENCHMARKS.md), ieee skips the tensor cores
+    # triton, fp32 heads: tl.dot precision; tf32x3 matches torch fp32 (~3e-7 on an H100), ieee
+    # skips the tensor cores
     fp32_precision: str = "tf32x3"
     # triton: "fused" chains of hidden-wide layers (6 launches a call), "fused_cublas" (the same,
     # context's D_h-wide product on cuBLAS; bf16), "layered" (21), or "auto": every plan that can

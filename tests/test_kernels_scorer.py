@@ -126,10 +126,10 @@ def test_acceptance_lines_from_partial_and_full_runs():
     assert dict(acceptance([]))["bf16 energies within 2e-2 of fp32"] is None
     full = dict(acceptance([
         row("bfloat16", 8, 64, 0.12), row("bfloat16", 32, 64, 0.2, speedup=5.5, err=3e-2),
-        row("float32", 8, 64, 0.24, precision="tf32", err=2e-3), row("float32", 8, 64, 0.5, precision="tf32x3"),
+        row("float32", 8, 64, 0.24, precision="tf32x3", err=2e-3),
     ]))  # fmt: skip
     assert full == {
         "bf16 B=8 N=64 <= 0.10 ms": False, "bf16 B=32 N=64 >= 5x eager": True,
-        "fp32 (tf32) B=8 N=64 <= 0.25 ms": True, "fp32 (tf32x3) B=8 N=64 <= 0.25 ms": False,
+        "fp32 (tf32x3) B=8 N=64 <= 0.25 ms": True,
         "bf16 energies within 2e-2 of fp32": False, "fp32 energies within 1e-3": False,
     }  # fmt: skip

@@ -11,7 +11,6 @@ runs more than once and ends on a partial block.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -31,14 +30,12 @@ import pytest  # noqa: E402
 
 from energy_rerank.config import EnergyConfig  # noqa: E402
 from energy_rerank.energy import EnergyModel  # noqa: E402
-from energy_rerank.kernels.triton_support import to_tf32  # noqa: E402
 
 pytest.importorskip("triton")
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 KERNEL_MODULES = ("fused_linear", "fused_chain", "row_stats", "energy_attention", "energy_readout", "triton_scorer", "folded_weights")
 FP32_TOL = 1e-3  # fp32 dots as tf32x3 on the GPU (the default fp32 precision)
-TF32_TOL = 5e-3  # single tf32 dots, relative to each context's largest |energy| (~2e-3 on the H100 and emulated)
 BF16_TOL = 2e-2
 
 
@@ -122,93 +119,14 @@ def test_triton_fp32_matches_reference(k, b, n, h, s, mask, activation, chains):
     assert_same_argmin(out, ref, FP32_TOL)
 
 
-def tf32_hardware():
-    """Real tensor cores on a GPU; on the CPU the interpreter made to drop tf32 operand bits as Hopper does."""
-    if ON_GPU:
-        return contextlib.nullcontext()
-    from energy_rerank.kernels.interpreter_tf32 import hopper_tf32
-
-    return hopper_tf32()
-
-
-def context_rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Max error relative to each context's largest |energy| (an element-wise ratio is meaningless
-    at tf32's 10-bit mantissa for energies near zero, as the identity activation gives)."""
-    assert bool(torch.isfinite(out).all()), "non-finite energies"
-    return float(((out - ref).abs().amax(1) / ref.abs().amax(1)).max())
-
-
-@pytest.mark.parametrize("b,n,h,s,mask,activation", SHAPES)
-def test_triton_tf32_within_its_tolerance(k, b, n, h, s, mask, activation):
-    """fp32_precision='tf32' (one tensor-core product per dot) trades accuracy for speed.
-
-    On the CPU the dots see truncated tf32 operands (`tf32_hardware`), so this measures tf32's
-    error rather than the interpreter's exact fp32: with LayerNorms folded (as before single
-    tf32 kept them unfolded) the identity case reached 1.6e-2 here.
-    """
-    model = make_model(activation)
-    inputs = make_inputs(b, n, h, s, mask, seed=b * 100 + s)
-    ref = reference(model, *inputs)
-    scorer = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), fp32_precision="tf32")
-    assert scorer.plans == ("layered",) and not any(layer.ln_folded for layer in scorer.head.context)
-    with tf32_hardware():
-        err = context_rel_err(scorer.score(*inputs), ref)
-    assert 1e-6 < err <= TF32_TOL  # above fp32 rounding: the dots really lost their low bits
-
-
-def test_tf32_error_grows_when_layernorms_are_folded(k):
-    """Why single tf32 keeps LayerNorms unfolded: folded, x @ (gamma * W) is taken on the
-    uncentred input and mean * colsum cancels afterwards, magnifying the inputs' tf32 error (3x at
-    this shape with the weights pre-rounded for both; 8x with raw fp32 weights, which Hopper
-    truncates at every dot)."""
-    if ON_GPU:
-        pytest.skip("compares emulated truncation; the GPU's own tf32 is checked above")
-    model = make_model("identity")
-    inputs = make_inputs(2, 5, 4, 21, "random", seed=221)
-    ref = reference(model, *inputs)
-    errors = {}
-    for name, options in (("folded", {"fold_ln_min_k": 1}), ("default", {})):
-        scorer = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), fp32_precision="tf32", **options)
-        with tf32_hardware():
-            errors[name] = context_rel_err(scorer.score(*inputs), ref)
-    assert errors["folded"] > 2 * errors["default"], errors  # 6.0e-3 against 2.0e-3 (triton 3.9, numpy matmul)
-
-
-def test_single_tf32_weights_are_tf32_and_colsums_exact(k):
+@pytest.mark.parametrize("chains", ["fused", "layered"])
+def test_triton_fp32_ieee_matches_reference(k, chains):
+    """fp32_precision="ieee" (no tensor cores) is the other fp32 dot on offer: same energies."""
     model = make_model("softplus")
-    head = k.triton_scorer.TritonScorer(model, fp32_precision="tf32", fold_ln_min_k=1).head
-    for layer in (*head.context, *head.actions, head.out_proj, *head.head):
-        assert torch.equal(layer.weight, to_tf32(layer.weight))  # the hardware drops nothing more
-        assert not layer.weight.requires_grad  # folded under no_grad: no autograd graph kept alive
-        assert layer.colsum is None or torch.equal(layer.colsum, layer.weight.double().sum(0).float())
-    other = k.triton_scorer.TritonScorer(model, fp32_precision="tf32x3").head.context[0].weight
-    assert not torch.equal(other, to_tf32(other))  # tf32x3 keeps every fp32 bit
-    with pytest.raises(ValueError, match="use tf32x3"):
-        k.triton_scorer.TritonScorer(model, fp32_precision="tf32", chains="fused")
-    with pytest.raises(ValueError, match="float32 storage"):
-        k.folded_weights.fold_energy_head(model, torch.bfloat16, tf32_weights=True)
-
-
-def test_tf32_dot_probe_tells_truncation_from_rounding(k):
-    """check_gpu's probe names which operands a tf32 dot multiplied: here the emulation's."""
-    if ON_GPU:
-        pytest.skip("on the GPU, check_gpu prints what the hardware does")
-    from energy_rerank.kernels.check_gpu import tf32_dot_probe
-    from energy_rerank.kernels.interpreter_tf32 import hopper_tf32
-
-    for mode, name in (("truncate", "truncated"), ("round", "rounded")):
-        with hopper_tf32(mode):
-            probe = tf32_dot_probe(DEVICE, m=32, k=256, n=64)
-        assert probe[name] < 1e-6 < min(v for key, v in probe.items() if key != name), (mode, probe)
-
-
-def test_to_tf32_rounds_and_truncates():
-    x = torch.tensor([1 + 2**-11, 1 + 2**-11 + 2**-20, -(1 + 3 * 2**-12), 1.0, float("inf"), -0.0])
-    assert to_tf32(x, "truncate").tolist() == [1.0, 1.0, -1.0, 1.0, float("inf"), -0.0]
-    assert to_tf32(x).tolist() == [1 + 2**-10, 1 + 2**-10, -(1 + 2**-10), 1.0, float("inf"), -0.0]
-    assert to_tf32(x.double()).dtype == torch.float64  # only fp32 has bits to drop
-    with pytest.raises(ValueError, match="round"):
-        to_tf32(x, "nearest")
+    inputs = make_inputs(2, 3, 5, 37, "random", seed=237)
+    ref = reference(model, *inputs)
+    scorer = k.triton_scorer.TritonScorer(model, blocks=small_blocks(k), chains=chains, fp32_precision="ieee")
+    assert max_rel_err(scorer.score(*inputs), ref) <= FP32_TOL
 
 
 @pytest.mark.parametrize("chains", ["fused", "layered"])  # fused_cublas: test_triton_bf16_inputs_and_model
@@ -334,8 +252,9 @@ def test_unsupported_shapes_are_named(k):
         scorer.score(hidden, valid, cand)
     with pytest.raises(ValueError, match="valid must be bool"):
         scorer.score(hidden, valid.float(), cand[:, :, :8])
-    with pytest.raises(ValueError, match="fp32_precision must be one of"):
-        k.triton_scorer.TritonScorer(make_model("softplus"), fp32_precision="fp16")
+    for precision in ("fp16", "tf32"):  # one TF32 product per dot misses fp32's accuracy: not offered
+        with pytest.raises(ValueError, match="fp32_precision must be one of"):
+            k.triton_scorer.TritonScorer(make_model("softplus"), fp32_precision=precision)
 
 
 def test_make_scorer_triton_backend_default_blocks(k):
