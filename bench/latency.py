@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import e2e  # noqa: E402
 import providers  # noqa: E402
 import report  # noqa: E402
+from timing import score_floors, time_scorer  # noqa: E402
 
 from energy_rerank.config import EnergyConfig  # noqa: E402
 from energy_rerank.energy import EnergyModel  # noqa: E402
@@ -61,8 +62,6 @@ def grid(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
 
 def run_scoring(args: argparse.Namespace, device: torch.device, out: Path, meta: dict) -> list[dict]:
-    from energy_rerank.kernels.timing import score_floors, time_scorer
-
     records = []
     configs = grid(args, device)
     names = args.providers or [p for p in providers.PROVIDERS if not (args.quick and p == "torch_compile")]
@@ -94,7 +93,7 @@ def run_scoring(args: argparse.Namespace, device: torch.device, out: Path, meta:
         except Exception as e:  # one failing provider must not lose the others' numbers
             records.append({**base, "skipped": f"error: {type(e).__name__}: {e}"})
             continue
-        # Floors use H100 rates (ANCHORS.md); on other devices only the achieved rate means much.
+        # Floors use H100 rates (timing.py); on other devices only the achieved rate means much.
         f = score_floors(model.config, cfg["B"], cfg["N"], cfg["S"], args.steps, dtype)
         records.append({
             **base, **t.as_dict(),

@@ -24,8 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from energy_rerank.config import EnergyConfig
-from energy_rerank.energy import EnergyModel
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import time_scorer  # noqa: E402
+
+from energy_rerank.config import EnergyConfig  # noqa: E402
+from energy_rerank.energy import EnergyModel  # noqa: E402
 
 S, H, A = 300, 8, 7
 SWEEP_LINEAR = [  # (block_m, block_n, block_k, warps, stages); compiles dominate, so a short list
@@ -53,9 +57,9 @@ def profile(dtype: torch.dtype, b: int, n: int, sweep: bool) -> dict:
     from energy_rerank.kernels import energy_attention as att
     from energy_rerank.kernels import fused_linear as fl
     from energy_rerank.kernels.energy_readout import energy_readout
-    from energy_rerank.kernels.scorer import make_scorer
-    from energy_rerank.kernels.timing import random_inputs, time_scorer
     from energy_rerank.kernels.triton_scorer import TritonScorer
+    from energy_rerank.scoring.backends import make_scorer
+    from energy_rerank.scoring.inputs import random_inputs
 
     torch.manual_seed(0)
     model = EnergyModel(EnergyConfig()).cuda().to(dtype).eval()

@@ -99,7 +99,7 @@ def build(provider: str, model: EnergyModel, steps: int, workdir: Path | None = 
 
 
 def _onnx(model: EnergyModel, steps: int, workdir: Path | None) -> Scorer:
-    from energy_rerank.kernels.onnx_export import OnnxScorer, export_onnx
+    from energy_rerank.scoring.onnx_export import OnnxScorer, export_onnx
 
     directory = workdir or Path(tempfile.mkdtemp(prefix="energy-onnx-"))
     c = model.config
@@ -110,6 +110,6 @@ def _onnx(model: EnergyModel, steps: int, workdir: Path | None) -> Scorer:
 
 
 def _triton(model: EnergyModel, chains: str) -> Scorer:
-    from energy_rerank.kernels.scorer import make_scorer
+    from energy_rerank.scoring.backends import make_scorer
 
     return make_scorer(model, backend="triton", cuda_graphs=True, chains=chains)

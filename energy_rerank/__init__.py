@@ -2,7 +2,7 @@
 
 Import map (one step from import path to folder):
   energy_rerank.*           -> energy_rerank/   (core: config, energy, checkpoint, normalize, ...)
-  energy_rerank.kernels     -> kernels/         (fused Triton scoring kernel + backends)
+  energy_rerank.kernels     -> kernels/         (Triton kernels of the energy head + the Triton scorer)
   energy_rerank.training    -> training/        (datasets, feature cache, losses, trainer)
   energy_rerank.server      -> server/          (gRPC servicer, batcher, metrics)
 The light client is its own distribution: clients/ -> energy_rerank_client.

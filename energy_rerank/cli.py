@@ -14,7 +14,7 @@ import sys
 SUBCOMMANDS = (
     "energy_rerank.training.cli",  # train, train-policy
     "energy_rerank.server.cli",  # serve
-    "energy_rerank.kernels.cli",  # export
+    "energy_rerank.scoring.cli",  # export
     "energy_rerank.evaluation.cli",  # eval offline, eval libero
     "energy_rerank.libero.cli",  # libero demos
 )

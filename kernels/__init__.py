@@ -1,16 +1,11 @@
-"""energy_rerank.kernels: fast scoring of the energy head.
+"""energy_rerank.kernels: the Triton kernels of the energy head and the Triton scorer.
 
-- `make_scorer(model, backend="auto")` / `EnergyScorer`: one Scorer over the triton, torch and
-  onnxruntime backends (scorer.py), optionally replayed from CUDA graphs (cuda_graphs.py);
-- the Triton path (triton_scorer.py): fused_linear.py, energy_attention.py, energy_readout.py on
-  weights prepared by folded_weights.py;
-- ONNX export (onnx_export.py, `energy-rerank export --onnx`), timing and floors (timing.py), and
-  the GPU acceptance run (`python -m energy_rerank.kernels.check_gpu`).
+- the kernels and their launchers: fused_linear.py, fused_chain.py, row_stats.py,
+  energy_attention.py, energy_readout.py, input_address.py;
+- the scorer (triton_scorer.py), on weights prepared by folded_weights.py, and what it needs to
+  know about the installed triton (triton_support.py).
 
-Importing this package needs neither triton nor CUDA: triton is imported only when the Triton
-backend is built.
+Backend dispatch, CUDA graphs and the other backends live in energy_rerank.scoring; the GPU
+acceptance run, compile report and timing in bench/. Importing this package needs neither
+triton nor CUDA: triton is imported only by the kernel modules, which only the scorer imports.
 """
-
-from energy_rerank.kernels.scorer import EnergyScorer, ScorerConfig, make_scorer, resolve_backend
-
-__all__ = ["EnergyScorer", "ScorerConfig", "make_scorer", "resolve_backend"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from energy_rerank.checkpoint import BundleError
 from energy_rerank.cli import float_list
-from energy_rerank.kernels.scorer import BACKENDS
 from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
+from energy_rerank.scoring.backends import BACKENDS
 from energy_rerank.server.batcher import BatchConfig
 from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY, ServerConfig
 from energy_rerank.server.switch_watch import WatchConfig

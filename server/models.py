@@ -19,11 +19,11 @@ from energy_rerank.checkpoint import (
     read_switch_margin,
 )
 from energy_rerank.energy import EnergyModel
-from energy_rerank.kernels.cuda_graphs import GraphedScorer
-from energy_rerank.kernels.scorer import make_scorer
 from energy_rerank.policy.base import Observation, PolicyDescription, Proposer
 from energy_rerank.policy.loading import load_policy
 from energy_rerank.reranker import Reranker, SelectParams
+from energy_rerank.scoring.backends import make_scorer
+from energy_rerank.scoring.cuda_graphs import GraphedScorer
 from energy_rerank.server.config import ServerConfig
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""bench/latency.py end to end on the CPU: writes JSON lines, CSV and PNGs with the documented fields."""
+"""The benchmarks on the CPU: bench/latency.py end to end (JSON lines, CSV and PNGs with the
+documented fields), the floors and timing they use, and check_gpu's acceptance lines."""
 
 from __future__ import annotations
 
@@ -8,9 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from energy_rerank.config import EnergyConfig
+from energy_rerank.energy import EnergyModel
+from energy_rerank.kernels.folded_weights import fold_energy_head, score_folded
+from energy_rerank.scoring.inputs import random_inputs
+from energy_rerank.scoring.torch_scorer import TorchScorer
 from energy_rerank.server.testing import write_tiny_bundles
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # the bench's scripts import their siblings by name
+
+import check_gpu  # noqa: E402
+import timing  # noqa: E402
 
 
 def test_bench_quick_writes_results(tmp_path: Path) -> None:
@@ -59,3 +72,62 @@ def test_bench_grid_flags_and_bad_shapes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["B"], r["N"], r["S"], r["D"], r["dtype"]) for r in records] == [(2, 3, 5, 24, "fp32")]
+
+
+def tiny_model() -> EnergyModel:
+    torch.manual_seed(0)
+    return EnergyModel(EnergyConfig(context_dim=24, action_dim=7, chunk_len=8, hidden=32, heads=2)).eval()
+
+
+def test_floors_count_the_folded_head_flops():
+    """score_floors' FLOPs equal what torch's flop counter sees in the folded head."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny_model()
+    b, n, s, h = 2, 5, 13, 8
+    head = fold_energy_head(model)
+    hidden, valid, cand = random_inputs(b, n, s, 24, h, 7, torch.float32, torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        score_folded(head, hidden, valid, cand)
+    floors = timing.score_floors(model.config, b, n, s, h, torch.float32)
+    assert floors.flops == pytest.approx(counter.get_total_flops(), rel=1e-6)
+    seed = timing.score_floors(EnergyConfig(), 8, 64, 300, 8, torch.bfloat16)
+    assert 20e9 < seed.flops < 40e9 and seed.flop_s > seed.byte_s  # seed head at 8 x 64: ~29 GFLOP, ~29 MB
+
+
+def test_time_scorer_on_cpu():
+    t = timing.time_scorer(TorchScorer(tiny_model()), 2, 4, 5, 24, torch.float32, device="cpu", calls=5, warmup=1)
+    assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms
+
+
+def test_acceptance_lines_from_partial_and_full_runs():
+    """check_gpu judges the acceptance lines from the rows it has: a run cut short by its time
+    limit reports the missing lines as not measured (None), never as passed."""
+
+    def row(dtype, b, n, ms, speedup=1.0, err=1e-4, precision="-"):
+        return {"dtype": dtype, "B": b, "N": n, "fp32_precision": precision, "triton_ms": ms, "speedup": speedup,
+                "max_rel_err_vs_fp32": err}  # fmt: skip
+
+    partial = dict(check_gpu.acceptance([row("bfloat16", 8, 64, 0.09)]))
+    assert partial["bf16 B=8 N=64 <= 0.10 ms"] is True
+    assert partial["bf16 B=32 N=64 >= 5x eager"] is None and partial["fp32 energies within 1e-3"] is None
+    assert dict(check_gpu.acceptance([]))["bf16 energies within 2e-2 of fp32"] is None
+    full = dict(check_gpu.acceptance([
+        row("bfloat16", 8, 64, 0.12), row("bfloat16", 32, 64, 0.2, speedup=5.5, err=3e-2),
+        row("float32", 8, 64, 0.24, precision="tf32x3", err=2e-3),
+    ]))  # fmt: skip
+    assert full == {
+        "bf16 B=8 N=64 <= 0.10 ms": False, "bf16 B=32 N=64 >= 5x eager": True,
+        "fp32 (tf32x3) B=8 N=64 <= 0.25 ms": True,
+        "bf16 energies within 2e-2 of fp32": False, "fp32 energies within 1e-3": False,
+    }  # fmt: skip
+    assert {(str(dtype), precision) for dtype, _, _, precision in check_gpu.CASES} == {
+        ("torch.bfloat16", "-"), ("torch.float32", "tf32x3"),
+    }  # every fp32 case times the served default
+
+
+def test_check_gpu_help_names_its_invocation():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "check_gpu.py"), "--help"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "python bench/check_gpu.py" in run.stdout and "--skip-tests" in run.stdout

@@ -1,7 +1,7 @@
 """What a GPU run needs imports without the server-only extras.
 
 The GPU machine's image has torch, triton, pytest, grpcio and prometheus-client but not
-grpcio-health-checking or grpcio-reflection (the device README). `scripts/gpu_acceptance.sh`
+grpcio-health-checking or grpcio-reflection (the device README). `bench/gpu_acceptance.sh`
 runs check_gpu (which runs the kernel tests and every GPU-marked test file), the scoring bench
 and the kernel profile there; none of them may need those two packages, or the run dies at
 import time after minutes of machine start-up.
@@ -25,7 +25,7 @@ class Missing(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Missing())
 sys.path[:0] = [{tests!r}, {bench!r}]
-from energy_rerank.kernels import check_gpu
+import check_gpu  # the GPU acceptance run (bench/check_gpu.py)
 for path in check_gpu.gpu_test_files(__import__("pathlib").Path({repo!r})):
     importlib.import_module(path.stem)
 import latency, profile_kernels  # the bench's score part and the profile

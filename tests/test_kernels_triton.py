@@ -4,7 +4,7 @@ Without CUDA the kernels run under the Triton interpreter on CPU tensors: TRITON
 set below, before anything imports triton, because @triton.jit picks interpreter or compiler when
 a kernel is defined and triton keeps that choice process-wide. It is set only when there is no
 CUDA device, where no other test can use compiled triton, so the rest of the suite is unaffected.
-With CUDA (`python -m energy_rerank.kernels.check_gpu`) the same tests run compiled on the GPU.
+With CUDA (`python bench/check_gpu.py`) the same tests run compiled on the GPU.
 Sizes are tiny and block sizes small, so that every loop (K chunks, key chunks, row blocks)
 runs more than once and ends on a partial block.
 """
@@ -259,7 +259,7 @@ def test_unsupported_shapes_are_named(k):
 
 def test_make_scorer_triton_backend_default_blocks(k):
     """The dispatch path with the recorded heuristic's block sizes (autotuned on a GPU)."""
-    from energy_rerank.kernels import make_scorer
+    from energy_rerank.scoring.backends import make_scorer
 
     model = make_model("sigmoid")
     scorer = make_scorer(model, "triton", cuda_graphs=ON_GPU)
@@ -383,7 +383,7 @@ def test_fused_chain_refuses_what_it_cannot_run(k):
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_graphs_capture_every_plan_and_keep_the_fastest(k, dtype):
-    from energy_rerank.kernels import make_scorer
+    from energy_rerank.scoring.backends import make_scorer
 
     model = make_model("softplus")
     inputs = make_inputs(3, 5, 8, 29, "random", seed=4)
@@ -403,7 +403,7 @@ def test_graphs_read_a_full_bucket_in_place_and_copy_otherwise(k):
     """A call whose B and N fill their buckets is replayed reading the caller's tensors (only their
     addresses are written); new tensors, a repeated set, partly filled buckets and a misaligned
     hidden view (copied) all give the right energies."""
-    from energy_rerank.kernels import make_scorer
+    from energy_rerank.scoring.backends import make_scorer
 
     model = make_model("softplus")
     scorer = make_scorer(model, "triton", b_buckets=(2, 4), n_buckets=(5, 8))

@@ -12,8 +12,8 @@ from energy_rerank.scoring import TorchScorer
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from energy_rerank.kernels.onnx_export import OnnxScorer, export_onnx  # noqa: E402
-from energy_rerank.kernels.timing import random_inputs  # noqa: E402
+from energy_rerank.scoring.inputs import random_inputs  # noqa: E402
+from energy_rerank.scoring.onnx_export import OnnxScorer, export_onnx  # noqa: E402
 
 A_IN, STEPS = 9, 6
 

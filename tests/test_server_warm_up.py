@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from energy_rerank.kernels.cuda_graphs import GraphedScorer
+from energy_rerank.scoring.cuda_graphs import GraphedScorer
 from energy_rerank.server.config import ServerConfig
 from energy_rerank.server.models import load_reranker, warm_up
 from energy_rerank.server.testing import write_tiny_bundles

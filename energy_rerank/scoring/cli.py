@@ -36,9 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from energy_rerank.energy import EnergyModel
-    from energy_rerank.kernels.onnx_export import OnnxScorer, export_onnx
-    from energy_rerank.kernels.timing import random_inputs
-    from energy_rerank.scoring import TorchScorer
+    from energy_rerank.scoring.inputs import random_inputs
+    from energy_rerank.scoring.onnx_export import OnnxScorer, export_onnx
+    from energy_rerank.scoring.torch_scorer import TorchScorer
 
     model = EnergyModel.from_pretrained(args.energy).float()
     path = export_onnx(model, args.onnx, action_width=args.action_width, steps=args.steps, opset=args.opset)

@@ -1,17 +1,18 @@
-"""GPU acceptance run for the fused scorer: kernel tests on CUDA, ceilings, latency table.
+"""GPU acceptance run for the Triton scorer: kernel tests on CUDA, ceilings, latency table.
 
-    python -m energy_rerank.kernels.check_gpu [--out DIR] [--calls 200] [--skip-tests]
+    python bench/check_gpu.py [--out DIR] [--calls 200] [--skip-tests]
 
 1. runs tests/test_kernels_*.py compiled on the GPU (TRITON_INTERPRET removed from the env), and
    every test file holding a GPU-only test;
 2. measures the ceilings: device-to-device copy, and bf16 and fp32 (as TF32) matrix products;
 3. times the seed architecture (D_h 4096, S 300, H 8, A 7, hidden 512, 8 heads) for the triton
    backend (autotuned, CUDA graphs) against the shared-context eager torch scorer, checks the
-   triton energies against the fp32 torch reference on the same inputs, and prints the issue's
-   acceptance lines with the ratio to the FLOP and byte floors, and which plan (fused chains or
-   one launch per layer) the CUDA-graph capture kept, with every plan's replay time. Each row is
-   printed and check_gpu.json (in --out) rewritten as soon as it is measured, so a run stopped by
-   its time limit keeps its rows ("complete": false; unmeasured lines read "not measured").
+   triton energies against the fp32 torch reference on the same inputs, and prints the
+   acceptance lines (latency and accuracy targets) with the ratio to the FLOP and byte floors,
+   and which plan (fused chains or one launch per layer) the CUDA-graph capture kept, with every
+   plan's replay time. Each row is printed and check_gpu.json (in --out) rewritten as soon as it
+   is measured, so a run stopped by its time limit keeps its rows ("complete": false; unmeasured
+   lines read "not measured").
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ from pathlib import Path
 
 import torch
 
-from energy_rerank.config import EnergyConfig
-from energy_rerank.energy import EnergyModel
-from energy_rerank.kernels.scorer import make_scorer
-from energy_rerank.kernels.timing import random_inputs, score_floors, time_scorer
-from energy_rerank.scoring import TorchScorer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import score_floors, time_scorer  # noqa: E402
+
+from energy_rerank.config import EnergyConfig  # noqa: E402
+from energy_rerank.energy import EnergyModel  # noqa: E402
+from energy_rerank.scoring.backends import make_scorer  # noqa: E402
+from energy_rerank.scoring.inputs import random_inputs  # noqa: E402
+from energy_rerank.scoring.torch_scorer import TorchScorer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout whose tests run on the GPU
 
 SEED_S, SEED_H, SEED_A = 300, 8, 7
 CASES = (  # (dtype, B, N, fp32 dot precision)
@@ -105,9 +112,10 @@ def bench(calls: int, ceilings: dict[str, float], on_row: Callable[[list[dict]],
         with torch.inference_mode():
             ref = base.score(base.encode_context(hidden.float(), valid), cand)
         err = max_rel_err(triton_scorer.score(hidden, valid, cand), ref)
-        args = dict(b=b, n=n, s=SEED_S, d=cfg.context_dim, dtype=dtype, h=SEED_H, a=SEED_A, calls=calls)
-        t_triton = time_scorer(triton_scorer, **args)
-        t_eager = time_scorer(eager, **args)
+        t_triton, t_eager = (
+            time_scorer(scorer, b, n, SEED_S, cfg.context_dim, dtype, h=SEED_H, a=SEED_A, calls=calls)
+            for scorer in (triton_scorer, eager)
+        )
         # the plans' replay times measured when the bucket was captured (cuda_graphs.py)
         plans: dict[str, float] = next(iter(getattr(triton_scorer.impl, "plan_times", {}).values()), {})
         graphs = getattr(triton_scorer.impl, "graphs", {})
@@ -144,7 +152,7 @@ def bench(calls: int, ceilings: dict[str, float], on_row: Callable[[list[dict]],
 
 
 def acceptance(rows: list[dict]) -> list[tuple[str, bool | None]]:
-    """The issue's lines; None for a line whose row was not measured (a run cut short)."""
+    """The acceptance lines; None for a line whose row was not measured (a run cut short)."""
 
     def row(dtype: str, b: int, n: int, precision: str = "-") -> dict | None:
         key = (dtype, b, n, precision)
@@ -176,7 +184,7 @@ def _ms(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m energy_rerank.kernels.check_gpu", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python bench/check_gpu.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")), help="where check_gpu.json goes")
     parser.add_argument("--calls", type=int, default=200, help="timed calls per case (median reported)")
@@ -186,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print("check_gpu needs a CUDA device")
         return 2
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
-    # The checkout's tests: from the working directory, else next to this file (editable install).
-    repo = next((p for p in (Path.cwd(), Path(__file__).resolve().parents[1]) if (p / "tests").is_dir()), Path.cwd())
-    tests_rc = 0 if args.skip_tests else run_tests(repo)
+    tests_rc = 0 if args.skip_tests else run_tests(REPO)
     ceilings = measure_ceilings()
     print(
         f"ceilings: copy {ceilings['bytes_per_s'] / 1e12:.2f} TB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} "

@@ -1,26 +1,10 @@
-"""The scorer interface the reranker talks to, and its plain-torch implementation.
-
-`Scorer.score(hidden, valid, candidates)` is the single call that turns contexts and candidate
-chunks into energies. Backends (torch here; Triton and onnxruntime in energy_rerank.kernels)
-implement the same protocol, so the reranker never knows which one runs.
-"""
+"""The plain-torch scorer: the reference every other backend is checked against."""
 
 from __future__ import annotations
-
-from typing import Protocol, runtime_checkable
 
 import torch
 
 from energy_rerank.energy import EnergyModel
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    name: str  # backend name, reported in responses and metrics
-
-    def score(self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """hidden [B, S, D], valid [B, S] bool, candidates [B, N, H, A] -> energies [B, N] float32."""
-        ...
 
 
 class TorchScorer:

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for Hopper (sm_90) on a machine without a GPU and report resources.
 
-    python -m energy_rerank.kernels.compile_report [--all-configs]
+    python bench/compile_report.py [--all-configs]
 
 For each kernel variant and block configuration: shared memory, registers per thread, stack
 (spill) bytes, and counts of the SASS instructions that say whether the fast paths were taken
@@ -131,7 +131,7 @@ def variants(all_configs: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m energy_rerank.kernels.compile_report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python bench/compile_report.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all-configs", action="store_true", help="every fused_linear autotune config")
     args = parser.parse_args(argv)

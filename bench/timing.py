@@ -1,9 +1,9 @@
-"""Timing a scorer and the floors it is measured against (used by bench/ and check_gpu).
+"""Timing a scorer and the floors it is measured against (latency.py, check_gpu.py, profile_kernels.py).
 
-Floors (METHOD.md): the FLOPs the folded head must do over the matrix rate, and the bytes it
-must move (inputs read once, weights read once, energies written once) over memory bandwidth.
-The larger is the floor no implementation beats by much. FLOPs are counted as the Triton
-scorer computes them (folded projections; multiply-add = 2).
+Floors: the FLOPs the folded head must do over the matrix rate, and the bytes it must move
+(inputs read once, weights read once, energies written once) over memory bandwidth. The larger
+is the floor no implementation beats by much. FLOPs are counted as the Triton scorer computes
+them (folded projections; multiply-add = 2).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from energy_rerank.config import EnergyConfig
-from energy_rerank.scoring import Scorer
+from energy_rerank.scoring.inputs import random_inputs
+from energy_rerank.scoring.protocol import Scorer
 
-# Ceilings used when none are measured: ANCHORS.md's H100 figures (bf16 matrix rate, HBM3).
-H100_BF16_FLOPS = 700e12  # achievable dense bf16 tensor-core rate, FLOP/s
-H100_TF32_FLOPS = 350e12  # fp32 inputs run as tf32 on the tensor cores: half the bf16 rate
-H100_BYTES_PER_S = 3.0e12  # achievable HBM bandwidth, bytes/s
+# Ceilings used when none are measured, near what check_gpu.py measured on an H100
+# (bench/recorded/h100-2026-11-23: bf16 685-739 TFLOP/s, fp32 as TF32 360 TFLOP/s, copy 3.0 TB/s).
+H100_BF16_FLOPS = 700e12  # dense bf16 tensor-core rate, FLOP/s
+H100_TF32_FLOPS = 350e12  # fp32 operands on the tensor cores (TF32 products): half the bf16 rate
+H100_BYTES_PER_S = 3.0e12  # HBM bandwidth, bytes/s
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ def score_floors(
     s: int,
     h: int,
     dtype: torch.dtype,
-    flop_rate: float | None = None,  # FLOP/s; default H100 bf16 or tf32 by dtype
+    flop_rate: float | None = None,  # FLOP/s; default the H100's bf16 or fp32 tensor-core rate by dtype
     byte_rate: float = H100_BYTES_PER_S,
 ) -> Floors:
     hid, d = cfg.hidden, cfg.context_dim
@@ -72,18 +74,6 @@ class Timing:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-def random_inputs(
-    b: int, n: int, s: int, d: int, h: int, a: int, dtype: torch.dtype, device: torch.device, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """hidden [B, S, D], valid [B, S] (a random tail of each context masked), candidates [B, N, H, A]."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    hidden = torch.randn(b, s, d, generator=g).to(device=device, dtype=dtype)
-    lengths = torch.randint(max(1, s // 2), s + 1, (b,), generator=g)
-    valid = (torch.arange(s)[None, :] < lengths[:, None]).to(device)
-    candidates = torch.rand(b, n, h, a, generator=g).mul_(2).sub_(1).to(device)
-    return hidden, valid, candidates
 
 
 def time_scorer(

@@ -3,6 +3,8 @@
 `auto` picks triton when the model is on CUDA and triton is importable, else torch. onnxruntime
 is never picked automatically: it needs an exported file (`energy-rerank export --onnx`).
 CUDA graphs wrap the chosen backend when the model is on CUDA and the config asks for them.
+The Triton backend (energy_rerank.kernels) is imported only when it is asked about or built, so
+this module imports neither triton nor the kernels.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import Literal
 import torch
 
 from energy_rerank.energy import EnergyModel
-from energy_rerank.kernels.cuda_graphs import DEFAULT_B_BUCKETS, DEFAULT_N_BUCKETS, GraphedScorer
-from energy_rerank.kernels.triton_support import triton_usable, unsupported_reason
-from energy_rerank.scoring import Scorer, TorchScorer
+from energy_rerank.scoring.cuda_graphs import DEFAULT_B_BUCKETS, DEFAULT_N_BUCKETS, GraphedScorer
+from energy_rerank.scoring.protocol import Scorer
+from energy_rerank.scoring.torch_scorer import TorchScorer
 
 Backend = Literal["auto", "triton", "torch", "onnxruntime"]
 BACKENDS = ("auto", "triton", "torch", "onnxruntime")
@@ -24,7 +26,7 @@ BACKENDS = ("auto", "triton", "torch", "onnxruntime")
 
 @dataclass(frozen=True)
 class ScorerConfig:
-    """How scoring runs; the server reads it from its config file."""
+    """How scoring runs: make_scorer's options (the server passes its own config's values)."""
 
     backend: Backend = "auto"  # auto = triton on CUDA when triton imports, else torch
     dtype: Literal["model", "float32", "bfloat16"] = "model"  # triton compute dtype (model = as loaded)
@@ -50,8 +52,11 @@ def resolve_backend(model: EnergyModel, backend: str) -> str:
     if backend != "auto":
         return backend
     device = next(model.parameters()).device
-    fits = device.type == "cuda" and triton_usable(device) and unsupported_reason(model.config) is None
-    return "triton" if fits else "torch"
+    if device.type != "cuda":
+        return "torch"
+    from energy_rerank.kernels.triton_support import triton_usable, unsupported_reason
+
+    return "triton" if triton_usable(device) and unsupported_reason(model.config) is None else "torch"
 
 
 class EnergyScorer:
@@ -74,7 +79,7 @@ class EnergyScorer:
         else:
             if not config.onnx_path:
                 raise ValueError("backend 'onnxruntime' needs onnx_path (write it with `energy-rerank export --onnx`)")
-            from energy_rerank.kernels.onnx_export import OnnxScorer
+            from energy_rerank.scoring.onnx_export import OnnxScorer
 
             impl = OnnxScorer(Path(config.onnx_path), device=device)
         if config.cuda_graphs and device.type == "cuda" and self.backend != "onnxruntime":
