@@ -1,6 +1,6 @@
 """CandidateSampler: a policy's Proposals -> N candidate chunks [B, N, H, A] (normalised units).
 
-Order of the candidates of one observation (SEEDS.md section 3, "layer actions plus noise"):
+Order of the candidates of one observation ("layer actions plus noise"):
   0            the base chunk (the policy's own, last layer)
   1 .. K       layer chunks, `config.layers` in that order (default: all but the last, latest first)
   K+1 .. N-1   Gaussian perturbations: candidate j (counted from the first noise candidate) uses

@@ -2,12 +2,14 @@
 
 An energy bundle records the candidate sampler its head was trained to rank (config.json "extra":
 "sampler"); `serve` and `eval offline` build candidates that way unless told otherwise. It may
-also carry selection.json, the switch margin `energy-rerank eval offline
---write-margin` calibrated for it; the server uses it unless told otherwise. Saving a bundle
-anew drops it: new weights need a new calibration.
+also carry selection.json, the switch margin `energy-rerank eval offline --write-margin`
+calibrated for it and the held-out switch rates measured with it; the server uses them unless
+told otherwise. `read_head_record` is the one reader of both. Saving a bundle anew drops
+selection.json: new weights need a new calibration.
 
 A bundle is written into a temporary sibling directory and renamed into place, so a reader
-never sees half a bundle. Loading checks every weight against the architecture the config
+never sees half a bundle; other files in the directory (a training run's checkpoints, logs and
+summary) are kept. Loading checks every weight against the architecture the config
 describes and names each mismatch.
 """
 
@@ -20,9 +22,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -35,6 +39,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 SELECTION_FILE = "selection.json"  # an energy bundle's calibrated switch margin
+BUNDLE_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE, SELECTION_FILE)  # what a bundle directory owns
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -65,6 +70,12 @@ def save_bundle(
         if stats is not None:
             stats.save(tmp)
         if path.exists():
+            # Entries the bundle does not own (a training run's checkpoints, logs and summary live
+            # beside the head it writes) move into the new directory; selection.json does not:
+            # new weights need a new calibration.
+            for entry in path.iterdir():
+                if entry.name not in BUNDLE_FILES and not (tmp / entry.name).exists():
+                    os.replace(entry, tmp / entry.name)
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -86,20 +97,6 @@ def read_bundle_meta(path: str | Path) -> dict[str, Any]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
     return meta
-
-
-def bundle_sampler(
-    path: str | Path, sigmas: tuple[float, ...] | None = None, gripper_mode: str | None = None
-) -> SamplerConfig:
-    """The candidate sampler to serve or evaluate an energy head with: the one it was trained with
-    (SamplerConfig() for a bundle without the record), with the fields given here overriding it."""
-    recorded = read_bundle_meta(path).get("extra", {}).get("sampler")
-    try:
-        base = SamplerConfig() if recorded is None else config_from_dict(SamplerConfig, recorded)
-    except (TypeError, ValueError) as e:
-        raise BundleError(f"{path}/{CONFIG_FILE}: extra.sampler: {e}") from e
-    changes: dict[str, Any] = {"sigmas": sigmas, "gripper_mode": gripper_mode}
-    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
 def write_switch_margin(path: str | Path, margin: float, calibration: dict[str, Any]) -> Path:
@@ -129,12 +126,6 @@ def read_selection(path: str | Path) -> dict[str, Any] | None:
     return record
 
 
-def read_switch_margin(path: str | Path) -> float | None:
-    """The switch margin recorded in a bundle, or None when it has none."""
-    record = read_selection(path)
-    return None if record is None else switch_margin_of(record, Path(path) / SELECTION_FILE)
-
-
 def switch_margin_of(record: dict[str, Any], where: str | Path) -> float:
     """The switch margin of a selection record (`where` names it in errors)."""
     try:
@@ -144,6 +135,76 @@ def switch_margin_of(record: dict[str, Any], where: str | Path) -> float:
     if not margin >= 0:
         raise BundleError(f"{where}: switch_margin must be >= 0, got {margin}")
     return margin
+
+
+SWITCHED = "switched@"  # selection.json calibration.held_out keys: switched@N -> held-out switch rate at N
+
+
+@dataclass(frozen=True)
+class SwitchExpectation:
+    """Held-out switch rates of one head at its calibrated margin, as `eval offline --write-margin`
+    recorded them: what the server's switch-rate watch and a closed-loop report compare the live
+    rate with."""
+
+    margin: float  # the calibrated switch margin these rates were measured with
+    ns: tuple[int, ...]  # N values measured, ascending
+    rates: tuple[float, ...]  # switch rate at each of ns, in [0, 1]
+
+    def at(self, n: int) -> float:
+        """Expected rate at N: linear in log N between measured N, the nearest measured rate outside."""
+        return float(np.interp(math.log(n), [math.log(k) for k in self.ns], self.rates))
+
+    @classmethod
+    def from_selection(
+        cls, record: dict[str, Any], margin: float, where: str = SELECTION_FILE
+    ) -> SwitchExpectation | None:
+        """From a bundle's selection record and its margin; None when it holds no held-out switch rates."""
+        held = (record.get("calibration") or {}).get("held_out") or {}
+        pairs = []
+        for key, value in held.items():
+            if not key.startswith(SWITCHED):
+                continue
+            try:
+                n, rate = int(key[len(SWITCHED):]), float(value)
+            except (TypeError, ValueError) as e:
+                raise BundleError(f"{where}: calibration.held_out[{key!r}] = {value!r}: {e}") from e
+            if n < 1 or not 0.0 <= rate <= 1.0:
+                raise BundleError(f"{where}: calibration.held_out[{key!r}] = {value!r} is not a rate at N >= 1")
+            pairs.append((n, rate))
+        if not pairs:
+            return None
+        pairs.sort()
+        return cls(margin, tuple(n for n, _ in pairs), tuple(r for _, r in pairs))
+
+
+@dataclass(frozen=True)
+class HeadRecord:
+    """How an energy head is meant to be served, as its bundle records it; read once per load."""
+
+    sampler: SamplerConfig  # the candidates it was trained to rank (SamplerConfig() when unrecorded)
+    switch_margin: float | None  # the calibrated margin of selection.json; None = never calibrated
+    switch_rates: SwitchExpectation | None  # held-out switch rates at that margin; None = unrecorded
+
+    def with_sampler(self, sigmas: tuple[float, ...] | None = None, gripper_mode: str | None = None) -> SamplerConfig:
+        """The recorded sampler with the fields given here (a server's or evaluation's flags) overriding it."""
+        changes: dict[str, Any] = {"sigmas": sigmas, "gripper_mode": gripper_mode}
+        return dataclasses.replace(self.sampler, **{k: v for k, v in changes.items() if v is not None})
+
+
+def read_head_record(path: str | Path) -> HeadRecord:
+    """An energy bundle's sampler record (config.json extra.sampler) and selection.json, checked."""
+    path = Path(path)
+    recorded = read_bundle_meta(path).get("extra", {}).get("sampler")
+    try:
+        sampler = SamplerConfig() if recorded is None else config_from_dict(SamplerConfig, recorded)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{path}/{CONFIG_FILE}: extra.sampler: {e}") from e
+    record = read_selection(path)
+    if record is None:
+        return HeadRecord(sampler, None, None)
+    where = str(path / SELECTION_FILE)
+    margin = switch_margin_of(record, where)
+    return HeadRecord(sampler, margin, SwitchExpectation.from_selection(record, margin, where))
 
 
 def load_bundle(

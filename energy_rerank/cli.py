@@ -38,19 +38,71 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type for integer lists, one syntax everywhere: "0-9", "0,3,5", "1,16,64", "0-2,7"."""
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot parse {part!r}; use e.g. '0-9' or '1,16,64'") from None
+        if last < first:
+            raise argparse.ArgumentTypeError(f"empty range {part!r}")
+        ids.extend(range(first, last + 1))
+    return tuple(ids)
+
+
+DATA_HELP = (
+    "data sources: LIBERO .hdf5 files (demos or on-policy rollouts), LeRobot .parquet files, directories "
+    "of them, or the synthetic task as 'synthetic:episodes=200,seed=1[,image_size=32]'"
+)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """--data / --demos / --stride: where windows come from (energy_rerank.data), for every command that reads data."""
+    p.add_argument("--data", nargs="+", required=True, metavar="SPEC", help=DATA_HELP)
+    p.add_argument("--demos", type=int_list, help="demo_i of every HDF5 file to use, e.g. '0-9' (default: all)")
+    p.add_argument("--stride", type=int, default=1, help="use every stride-th step of each episode")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="energy-rerank",
         description="Inference-time energy reranking of robot policy action chunks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="energy-rerank [-h] COMMAND ...",
+        epilog="`energy-rerank COMMAND --help` explains each command and its options.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", prog="energy-rerank")
     for name in SUBCOMMANDS:
         # A subsystem folder that is not part of this install is simply absent from --help;
         # any other import error is a real bug and propagates.
         if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None or importlib.util.find_spec(name) is None:
             continue
         importlib.import_module(name).add_parser(sub)
+    # Every command, nested ones included ("eval offline"), one line each, instead of argparse's
+    # wrapped listing of the first level only.
+    lines = command_lines(parser)
+    width = max(len(n) for n, _ in lines) + 2
+    parser.description = (parser.description or "") + "\n\ncommands:\n" + "\n".join(
+        f"  {n:<{width}}{h}" for n, h in lines
+    )
+    sub.help = argparse.SUPPRESS
     return parser
+
+
+def command_lines(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, str]]:
+    """(full command, its one-line help) for every leaf command under `parser`."""
+    out: list[tuple[str, str]] = []
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {a.dest: a.help or "" for a in action._choices_actions}
+        for name, child in action.choices.items():
+            nested = command_lines(child, f"{prefix}{name} ")
+            out += nested or [(f"{prefix}{name}", helps.get(name, ""))]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class EnergyConfig:
-    """Architecture of the energy head (SEEDS.md section 1); defaults follow the seed."""
+    """Architecture of the energy head ; defaults follow the original OpenVLA-OFT energy head ("the seed")."""
 
     context_dim: int = 4096  # D_h: width of the policy hidden states the head reads
     action_dim: int = 7  # A: action dims the head scores (LIBERO: 7 = 6-D EE delta + gripper)
@@ -38,7 +38,7 @@ class EnergyConfig:
     sigmoid_prescale: float = 0.5  # seed: sigmoid(raw * 0.5) * 2.0 + 0.1
     sigmoid_scale: float = 2.0  # seed energy_scale
     sigmoid_offset: float = 0.1  # seed energy_offset
-    softplus_prescale: float = 0.1  # fix from SEEDS.md section 4: softplus(raw * 0.1) * 5 + 1e-3
+    softplus_prescale: float = 0.1  # softplus(raw * 0.1) * 5 + 1e-3: unbounded above, unlike the seed's saturating sigmoid
     softplus_scale: float = 5.0  # keeps early energies O(1) while staying unbounded above
     softplus_offset: float = 1e-3  # keeps energies strictly positive
 

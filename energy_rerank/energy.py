@@ -1,6 +1,6 @@
 """EnergyModel: E(context, action chunk) with cross attention from action steps to context.
 
-Architecture (SEEDS.md section 1, parameter names kept from the seed):
+Architecture (the OpenVLA-OFT energy head this project started from; parameter names kept):
   context  [B, S, D_h] --state_linear (MLPResNet)--> [B, S, hid] --K/V projections-->
   actions  [B, N, H, A] --action_linear (MLPResNet) + sinusoidal PE--> queries [B, N, H, hid]
   cross attention (hid, heads) masked by `valid` -> out_proj -> prediction_head (MLPResNet -> 1)

@@ -16,19 +16,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from energy_rerank.candidates import CandidateSampler
+from energy_rerank.checkpoint import SwitchExpectation
 from energy_rerank.normalize import NormStats
 from energy_rerank.policy.base import Observation, Proposals, Proposer
 from energy_rerank.scoring import Scorer
+from energy_rerank.selection import SelectionRule, check_switch_margin, choose, robot_bounds, to_robot
 
 log = logging.getLogger(__name__)
-
-SelectionRule = Literal["argmin", "softmax"]
 
 
 class PolicyFailure(RuntimeError):
@@ -71,6 +70,7 @@ class Reranker:
         model_version: str = "",
         max_candidates: int = 1024,
         switch_margin: float = 0.0,
+        switch_rates: SwitchExpectation | None = None,
     ) -> None:
         check_switch_margin(switch_margin, "switch_margin")
         self.proposer = proposer
@@ -80,11 +80,10 @@ class Reranker:
         self.model_version = model_version
         self.max_candidates = max_candidates
         self.switch_margin = switch_margin  # default for requests that leave theirs unset
-        if self.stats is not None:
-            low, high = self.stats.action_bounds(normalized=False)
-        else:
-            low, high = sampler.low, sampler.high
-        self.low, self.high = low.float().cpu(), high.float().cpu()  # [A] robot units
+        # The head's held-out switch rates at this margin (its bundle's selection.json), for the
+        # server's switch-rate watch; None when unrecorded or measured at another margin.
+        self.switch_rates = switch_rates if switch_rates is not None and switch_rates.margin == switch_margin else None
+        self.low, self.high = robot_bounds(self.stats, sampler.low, sampler.high)  # [A] robot units
 
     def select(self, observations: Sequence[Observation], params: Sequence[SelectParams]) -> list[Selection]:
         """Choose one chunk per observation. len(params) == len(observations)."""
@@ -163,9 +162,8 @@ class Reranker:
             index, fallback = 0, True
         else:
             margin = self.switch_margin if p.switch_margin is None else p.switch_margin
-            index, fallback = self._choose(e, p), False
-            if index != 0 and not float(e[0] - e[index]) > margin:
-                index = 0  # not enough better than the policy's own chunk
+            index = int(choose(e[None], margin, [p.rule], [p.temperature], [p.seed])[0])
+            fallback = False
         chunk = self._to_robot(cand[index])
         if not np.isfinite(chunk).all():
             if index == 0:
@@ -187,21 +185,9 @@ class Reranker:
             timing=dict(timing),
         )
 
-    @staticmethod
-    def _choose(e: torch.Tensor, p: SelectParams) -> int:
-        if p.rule == "argmin" or e.numel() == 1:
-            return int(torch.argmin(e))
-        gen = torch.Generator().manual_seed(p.seed if p.seed is not None else int(time.time_ns() % 2**31))
-        probs = torch.softmax(-e.double() / p.temperature, dim=0)
-        return int(torch.multinomial(probs, 1, generator=gen))
-
     def _to_robot(self, a: torch.Tensor) -> np.ndarray:
         """Normalised [..., A] -> robot units, clipped to the bounds. NaN survives the clip: callers check."""
-        a = a.float().cpu()
-        if self.stats is not None:
-            a = self.stats.unnormalize_actions(a)
-        a = torch.maximum(torch.minimum(a, self.high), self.low)
-        return a.numpy().astype(np.float32)
+        return to_robot(a, self.stats, self.low, self.high).numpy().astype(np.float32)
 
     def score_candidates(
         self, hidden: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor, normalized: bool = True
@@ -213,9 +199,3 @@ class Reranker:
         if not normalized and self.stats is not None:
             candidates = self.stats.normalize_actions(candidates.float())
         return self.scorer.score(hidden, valid, candidates).float().cpu()
-
-
-def check_switch_margin(margin: float, name: str) -> None:
-    """A switch margin is >= 0 (inf allowed: never switch); NaN or negative is a caller error."""
-    if not margin >= 0:  # also catches NaN
-        raise ValueError(f"{name} must be >= 0 (inf = always keep the base chunk), got {margin}")

@@ -29,7 +29,6 @@ from energy_rerank.candidates import CandidateSampler, SamplerConfig
 from energy_rerank.energy import EnergyModel
 from energy_rerank.policy.loading import load_policy
 from energy_rerank.synthetic import GRIPPER_DIM, SyntheticConfig, SyntheticTask
-from energy_rerank.training.energy_trainer import BUNDLE_DIR
 from energy_rerank.training.policy_data import PolicyWindows
 from energy_rerank.training.rerank_eval import ceiling_shares, implied_target
 
@@ -83,7 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     policy = load_policy(args.run / "policy")
     policy.eval()
-    model = EnergyModel.from_pretrained(args.run / "energy" / BUNDLE_DIR).eval()
+    model = EnergyModel.from_pretrained(args.run / "energy").eval()
     task = SyntheticTask(SyntheticConfig())
     for mode in ("flip", "keep"):
         sampler = CandidateSampler.for_policy(policy, SamplerConfig(sigmas=(0.02, 0.05, 0.1), gripper_mode=mode))

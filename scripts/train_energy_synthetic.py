@@ -4,7 +4,7 @@ head (tiny-reference preset), and measure held-out reranking at N candidates.
     .venv/bin/python scripts/train_energy_synthetic.py --out runs/synthetic --bc-steps 300 --energy-steps 500
 
 Prints (and writes <out>/result.json): base / reranked / oracle held-out chunk L1 and the share of
-the oracle's best-of-N gain the head recovers. The trained head is at <out>/energy/energy_head.
+the oracle's best-of-N gain the head recovers. The trained head is the bundle <out>/energy.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ def test_cli_writes_report_and_plots(windows, tmp_path):
         EnergyConfig(context_dim=policy.config.hidden_size, chunk_len=H, hidden=32, heads=4)
     ).save_pretrained(tmp_path / "energy")
     out = tmp_path / "eval"
-    argv = ["eval", "offline", "--rollouts", str(DATA), "--policy", str(tmp_path / "policy"), "--energy"]
-    argv += [str(tmp_path / "energy"), "--out", str(out), "--ns", "1,4,16", "--stride", "20", "--demos", "1"]
+    argv = ["eval", "offline", "--data", str(DATA), "--policy", str(tmp_path / "policy"), "--energy"]
+    argv += [str(tmp_path / "energy"), "--out", str(out), "--n-candidates", "1,4,16", "--stride", "20", "--demos", "1"]
     assert main(argv) == 0
     rep = json.loads((out / "report.json").read_text())
     overall = rep["overall"]
@@ -126,7 +126,7 @@ def test_switch_margin_calibration(windows, scorer):
 
 
 def test_cli_records_the_margin_in_the_bundle(windows, tmp_path):
-    from energy_rerank.checkpoint import read_switch_margin
+    from energy_rerank.checkpoint import read_head_record
 
     win, _ = windows
     policy = _policy(win, with_stats=True)
@@ -138,21 +138,21 @@ def test_cli_records_the_margin_in_the_bundle(windows, tmp_path):
     argv = [
         "eval",
         "offline",
-        "--rollouts",
+        "--data",
         str(DATA),
         "--policy",
         str(tmp_path / "policy"),
         "--energy",
         str(head),
     ]
-    argv += ["--out", str(tmp_path / "eval"), "--ns", "1,64,80", "--stride", "20", "--write-margin"]
+    argv += ["--out", str(tmp_path / "eval"), "--n-candidates", "1,64,80", "--stride", "20", "--write-margin"]
     with pytest.raises(SystemExit, match="two episodes"):
         main([*argv, "--demos", "1"])  # one episode: nothing to calibrate on, nothing written
-    assert read_switch_margin(head) is None
+    assert read_head_record(head).switch_margin is None
     assert main([*argv, "--demos", "0-1"]) == 0
     rep = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert rep["switch_margin"]["n"] == 80  # the largest --ns, not 64: the margin must hold up to it
-    assert read_switch_margin(head) == rep["switch_margin"]["margin"]
+    assert rep["switch_margin"]["n"] == 80  # the largest --n-candidates, not 64: the margin must hold up to it
+    assert read_head_record(head).switch_margin == rep["switch_margin"]["margin"]
 
 
 def test_spearman_rows():
@@ -170,11 +170,10 @@ def test_mismatched_policy_chunk_is_rejected(windows):
         evaluate_windows(win, ["t"] * len(win), policy, PerfectScorer(), sampler)
 
 
-def test_libero_train_policy_holds_out_last_demo_per_file(tmp_path, capsys):
+def test_train_policy_on_libero_files_holds_out_the_last_demo_per_task(tmp_path, capsys):
     argv = [
-        "libero",
         "train-policy",
-        "--rollouts",
+        "--data",
         str(DATA),
         "--steps",
         "2",
@@ -184,7 +183,7 @@ def test_libero_train_policy_holds_out_last_demo_per_file(tmp_path, capsys):
         "10",
     ]
     assert main([*argv, "--max-text-len", "8", "--out", str(tmp_path / "policy")]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads(capsys.readouterr().out)  # the command's one output: its JSON summary
     eps = read_hdf5(DATA)
     assert summary["val_windows"] == len(range(0, eps[1].length, 10))  # demo_1 (the last) held out
     assert summary["train_windows"] == len(range(0, eps[0].length, 10))

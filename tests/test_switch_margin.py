@@ -104,13 +104,13 @@ def test_a_bundle_carries_its_margin(bundles, tmp_path) -> None:
     import json
     import shutil
 
-    from energy_rerank.checkpoint import BundleError, read_switch_margin, write_switch_margin
+    from energy_rerank.checkpoint import BundleError, read_head_record, write_switch_margin
     from energy_rerank.server.models import with_energy_head
 
     policy_dir, energy_dir = bundles
     head = shutil.copytree(energy_dir, tmp_path / "head")
     plain = load_reranker(ServerConfig(policy_path=policy_dir, energy_path=head, backend="torch"))
-    assert plain.switch_margin == 0.0 and read_switch_margin(head) is None
+    assert plain.switch_margin == 0.0 and read_head_record(head).switch_margin is None
 
     write_switch_margin(head, 2.5, {"n": 64})
     calibrated = load_reranker(ServerConfig(policy_path=policy_dir, energy_path=head, backend="torch"))
@@ -128,10 +128,10 @@ def test_a_bundle_carries_its_margin(bundles, tmp_path) -> None:
     json.loads(
         (head / "selection.json").read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}")
     )
-    assert read_switch_margin(head) == math.inf
+    assert read_head_record(head).switch_margin == math.inf
 
     (head / "selection.json").write_text('{"switch_margin": -1}')
     with pytest.raises(BundleError, match="switch_margin"):
-        read_switch_margin(head)
+        read_head_record(head)
     with pytest.raises(BundleError, match="not a bundle"):
         write_switch_margin(tmp_path, 1.0, {})

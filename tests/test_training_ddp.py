@@ -12,7 +12,6 @@ import torch
 
 from energy_rerank.energy import EnergyModel
 from energy_rerank.training.config import preset
-from energy_rerank.training.energy_trainer import BUNDLE_DIR
 
 
 def test_torchrun_two_ranks_debug_preset(tmp_path: Path) -> None:
@@ -30,7 +29,7 @@ def test_torchrun_two_ranks_debug_preset(tmp_path: Path) -> None:
     assert summary["applied_steps"] == 12 and summary["skipped_steps"] == 0
     # Measured across the two processes after the last step (broadcast + all-reduce of max |diff|).
     assert summary["replicas_max_abs_diff"] == 0.0
-    trained = EnergyModel.from_pretrained(out / BUNDLE_DIR)
+    trained = EnergyModel.from_pretrained(out)
     torch.manual_seed(preset("debug").seed)
     init = EnergyModel(preset("debug").energy)
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), init.state_dict().values(), strict=True))

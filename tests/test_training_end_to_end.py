@@ -68,7 +68,7 @@ def result(tmp_path_factory):
 
 @pytest.mark.slow
 def test_pipeline_stages_connect(result) -> None:
-    assert FeatureCache(Path(result["bundle"]).parent.parent / "features").meta["policy"] == "reference-tiny"
+    assert FeatureCache(Path(result["bundle"]).parent / "features").meta["policy"] == "reference-tiny"
     head = EnergyModel.from_pretrained(result["bundle"])
     assert head.config == TINY_REFERENCE_ENERGY
     held = result["energy_heldout"]

@@ -1,6 +1,6 @@
 """The seed's failed energy training, reproduced next to our default on the same batches.
 
-What the seed reported (SEEDS.md section 4): the energy loss stayed flat; batch energies
+What the seed reported: the energy loss stayed flat; batch energies
 clustered in a narrow band, the logits were almost equal and the gradient vanished. Its recipe:
 sigmoid head with energies in (0.1, 2.1), InfoNCE at tau 0.5 over the in-batch B x B matrix only
 (no explicit negatives), batches of similar actions, AdamW with weight decay 1e-4 and clip 0.5.

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from energy_rerank.checkpoint import bundle_sampler
+from energy_rerank.checkpoint import read_head_record
 from energy_rerank.cli import main as cli_main
 from energy_rerank.energy import EnergyModel
 from energy_rerank.training.cache import FeatureBatch, InMemoryFeatures
 from energy_rerank.training.config import TrainConfig, preset
-from energy_rerank.training.energy_trainer import BUNDLE_DIR, EnergyTrainer, synthetic_store
+from energy_rerank.training.energy_trainer import EnergyTrainer, synthetic_store
 
 
 def _debug(**changes) -> TrainConfig:
@@ -101,10 +101,10 @@ def test_monitor_only_trains_nothing(tmp_path: Path) -> None:
 def test_cli_debug_preset_writes_a_loadable_bundle(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert cli_main(["train", "--debug", "--out", str(out), "--steps", "20", "--gripper-mode", "flip"]) == 0
-    model = EnergyModel.from_pretrained(out / BUNDLE_DIR)
+    model = EnergyModel.from_pretrained(out)
     assert model.config == preset("debug").energy
     # the head carries the candidate sampler it was trained with; serve and eval offline default to it
-    assert bundle_sampler(out / BUNDLE_DIR) == dataclasses.replace(preset("debug").sampler, gripper_mode="flip")
+    assert read_head_record(out).sampler == dataclasses.replace(preset("debug").sampler, gripper_mode="flip")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 20 and summary["skipped_steps"] == 0
     line = capsys.readouterr().out

@@ -6,6 +6,9 @@ Layout of a cache directory (no pickle: tensors in safetensors, metadata in JSON
     shard_00000.safetensors    context [n, S, D], valid [n, S] bool, layer_actions [n, L, H, A],
     shard_00001.safetensors    base [n, H, A], expert [n, H, A]   (all actions normalised)
 
+The context length S may differ between shards (a transformers backbone pads prompts to a
+batch's longest); samples read together are right-padded to the longest, padding invalid.
+
 The directory is written under a temporary name and renamed into place when complete, so a
 reader never sees half a cache. Shards are loaded whole and kept in a small LRU, which suits
 the shard-local shuffling of `training.batching`.
@@ -13,21 +16,19 @@ the shard-local shuffling of `training.batching`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
-
-from energy_rerank.policy.base import Observation, Proposer
 
 CACHE_FORMAT = 1
 INDEX_FILE = "cache.json"
@@ -73,25 +74,56 @@ class FeatureBatch:
             **{k: v.to(device) if k == "valid" else v.to(device, dtype) for k, v in self.tensors().items()}
         )
 
+    def padded(self, length: int) -> FeatureBatch:
+        """Context and mask right-padded to `length` tokens (padding invalid: the head never reads it)."""
+        pad = length - self.context.shape[1]
+        if pad < 0:
+            raise ValueError(f"cannot pad {self.context.shape[1]} context tokens to {length}")
+        if pad == 0:
+            return self
+        return dataclasses.replace(
+            self,
+            context=torch.nn.functional.pad(self.context, (0, 0, 0, pad)),
+            valid=torch.nn.functional.pad(self.valid, (0, pad), value=False),
+        )
+
     @staticmethod
     def cat(batches: Sequence[FeatureBatch]) -> FeatureBatch:
+        """Samples of several batches as one. Policies whose context length varies by batch (a
+        transformers backbone pads prompts to the batch's longest) are padded to the longest."""
         if not batches:
             raise ValueError("nothing to concatenate")
+        s = max(b.context.shape[1] for b in batches)
+        batches = [b.padded(s) for b in batches]
         names = [f.name for f in fields(FeatureBatch)]
         return FeatureBatch(**{n: torch.cat([getattr(b, n) for b in batches]) for n in names})
 
 
 class FeatureCacheWriter:
-    """Appends FeatureBatches and writes full shards; `close()` publishes the directory."""
+    """Appends FeatureBatches and writes full shards; `close()` publishes the directory.
 
-    def __init__(self, out_dir: str | Path, shard_size: int = 1024, context_dtype: torch.dtype = torch.float16):
+    Under torchrun every rank writes its own shards (named by `prefix`) into one shared staging
+    directory, and `publish_shards` on rank 0 then turns them into one cache, in rank order."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        shard_size: int = 1024,
+        context_dtype: torch.dtype = torch.float16,
+        staging: str | Path | None = None,  # shared staging directory (ranks); None = a fresh one
+        prefix: str = "",  # shard file name prefix, unique per rank
+    ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.out_dir = Path(out_dir)
         if self.out_dir.exists():
             raise FileExistsError(f"{self.out_dir} exists; refusing to overwrite a feature cache")
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
+        if staging is None:
+            staging = tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent)
+        self.tmp = Path(staging)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
         self.shard_size = shard_size
         self.context_dtype = context_dtype  # fp16 halves the cache; the head computes in fp32
         self.pending: list[FeatureBatch] = []
@@ -103,8 +135,11 @@ class FeatureCacheWriter:
         shapes = {k: list(v.shape[1:]) for k, v in batch.tensors().items()}
         if self.shapes is None:
             self.shapes = shapes
-        elif shapes != self.shapes:
+        elif _without_length(shapes) != _without_length(self.shapes):
             raise ValueError(f"batch shapes {shapes} differ from the cache's {self.shapes}")
+        else:  # the context length may vary by batch: the index records the longest
+            longest = max(shapes["valid"][0], self.shapes["valid"][0])
+            self.shapes["context"][0] = self.shapes["valid"][0] = longest
         self.pending.append(batch.to("cpu", torch.float32))
         self.pending_len += len(batch)
         while self.pending_len >= self.shard_size:
@@ -115,28 +150,50 @@ class FeatureCacheWriter:
         head, rest = allb.select(slice(0, n)), allb.select(slice(n, None))
         self.pending = [rest] if len(rest) else []
         self.pending_len = len(rest)
-        name = f"shard_{len(self.shards):05d}.safetensors"
+        name = f"{self.prefix}shard_{len(self.shards):05d}.safetensors"
         tensors = {k: v.contiguous() for k, v in head.tensors().items()}
         tensors["context"] = tensors["context"].to(self.context_dtype)
         save_file(tensors, str(self.tmp / name))
         self.shards.append({"file": name, "count": len(head)})
 
-    def close(self, meta: dict[str, Any] | None = None) -> Path:
+    def finish(self) -> dict[str, Any]:
+        """Write what is pending; -> this writer's part {"shards", "shapes"} (not yet a cache)."""
         if self.pending_len:
             self._flush(self.pending_len)
-        if not self.shards:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise ValueError("feature cache is empty: no samples were added")
-        index = {
-            "format": CACHE_FORMAT,
-            "count": sum(s["count"] for s in self.shards),
-            "shapes": self.shapes,
-            "shards": self.shards,
-            "meta": meta or {},
-        }
-        (self.tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
-        os.replace(self.tmp, self.out_dir)
-        return self.out_dir
+        return {"shards": self.shards, "shapes": self.shapes}
+
+    def close(self, meta: dict[str, Any] | None = None) -> Path:
+        return publish_shards(self.tmp, self.out_dir, [self.finish()], meta)
+
+
+def _without_length(shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Per-sample shapes less the context length S (context [S, D] -> [D], valid [S] -> [])."""
+    return {**shapes, "context": shapes["context"][1:], "valid": []}
+
+
+def publish_shards(
+    staging: Path, out_dir: Path, parts: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None
+) -> Path:
+    """Index the shards of `parts` (in order) and rename the staging directory into place."""
+    shards = [s for part in parts for s in part["shards"]]
+    shapes = [part["shapes"] for part in parts if part["shapes"] is not None]
+    if not shards:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError("feature cache is empty: no samples were added")
+    if any(_without_length(s) != _without_length(shapes[0]) for s in shapes):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"the parts of the cache disagree on shapes: {shapes}")
+    longest = max(s["valid"][0] for s in shapes)
+    index = {
+        "format": CACHE_FORMAT,
+        "count": sum(s["count"] for s in shards),
+        "shapes": {**shapes[0], "context": [longest, *shapes[0]["context"][1:]], "valid": [longest]},
+        "shards": shards,
+        "meta": meta or {},
+    }
+    (staging / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    os.replace(staging, out_dir)
+    return out_dir
 
 
 class FeatureCache:
@@ -211,38 +268,6 @@ def write_feature_cache(
     for b in batches:
         writer.add(b)
     return writer.close(meta)
-
-
-@torch.no_grad()
-def proposer_features(
-    proposer: Proposer,
-    samples: Iterable[tuple[Observation, torch.Tensor]],
-    batch_size: int = 32,
-    total: int | None = None,
-) -> Iterator[FeatureBatch]:
-    """Run a frozen Proposer over (observation, expert chunk [H, A] normalised) pairs, in batches."""
-    obs: list[Observation] = []
-    experts: list[torch.Tensor] = []
-
-    def flush() -> FeatureBatch:
-        p = proposer.propose(obs)
-        expert = torch.stack([torch.as_tensor(e, dtype=torch.float32) for e in experts])  # [B, H, A]
-        return FeatureBatch(
-            context=p.context.detach().cpu().float(),
-            valid=p.valid.detach().cpu(),
-            layer_actions=p.layer_actions.detach().cpu().float(),
-            base=p.base.detach().cpu().float(),
-            expert=expert,
-        )
-
-    for o, e in tqdm(samples, total=total, desc="caching features", unit="sample", leave=False):
-        obs.append(o)
-        experts.append(e)
-        if len(obs) == batch_size:
-            yield flush()
-            obs, experts = [], []
-    if obs:
-        yield flush()
 
 
 class InMemoryFeatures:

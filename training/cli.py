@@ -1,14 +1,16 @@
 """`energy-rerank train` and `energy-rerank cache-features` (and `train-policy`, from policy_cli).
 
     energy-rerank train --debug --out runs/debug                 # synthetic features, seconds
-    energy-rerank cache-features --policy runs/policy --episodes 200 --out runs/features
+    energy-rerank cache-features --policy runs/policy --data synthetic:episodes=200 --out runs/features
+    energy-rerank cache-features --policy runs/policy --data runs/libero/object --demos 0-9 --out runs/feats
+    torchrun --nproc_per_node=2 -m energy_rerank.cli cache-features ...   # each rank caches its share
     energy-rerank train --preset tiny-reference --cache runs/features --out runs/energy
     energy-rerank train ... --resume                             # continue from <out>/checkpoints
     torchrun --nproc_per_node=2 -m energy_rerank.cli train --debug --out runs/ddp
     energy-rerank train --mode joint --policy runs/policy --episodes 200 --out runs/joint
 
-The final head is written to <out>/energy_head (a bundle the server loads), with
-<out>/train_config.json and <out>/summary.json beside it.
+<out> is the energy bundle the server loads (config.json, model.safetensors, stats.json), with the
+run's checkpoints/, tb/ (TensorBoard), train_config.json and summary.json beside it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from energy_rerank.cli import HelpFormatter, float_list
-from energy_rerank.config import config_from_dict
+from energy_rerank.cli import HelpFormatter, add_data_args, float_list
+from energy_rerank.config import EnergyConfig, config_from_dict
 from energy_rerank.training.config import MODES, PRESETS, TrainConfig, preset
 from energy_rerank.training.losses import LOSS_PRESETS
 
@@ -36,11 +38,12 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Train the energy head on cached policy features (energy-only, the default), or jointly "
             "with the reference policy (joint = full phase separation; alternating; monitor-only). "
-            "Writes <out>/energy_head (server bundle), checkpoints, TensorBoard logs and summary.json."
+            "--out becomes the energy bundle `serve --energy` loads, with the run's checkpoints, TensorBoard "
+            "logs and summary.json beside it."
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--out", required=True, type=Path, help="energy bundle directory to write (the run's files go beside the head)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="starting configuration")
     p.add_argument("--debug", action="store_true", help="same as --preset debug: synthetic features, seconds")
     p.add_argument("--config", type=Path, help="a train_config.json to start from instead of a preset")
@@ -70,16 +73,20 @@ def add_parser(subparsers: Any) -> None:
     c = subparsers.add_parser(
         "cache-features",
         help="run a frozen policy over a dataset once into a feature cache",
-        description="Run a frozen reference policy over synthetic-task windows and store context, mask, "
-        "layer actions, base and expert chunks in safetensors shards.",
+        description=(
+            "Run a frozen policy bundle of any kind (reference policy, hf_adapter, ...) over every window of "
+            "the --data sources and store context, mask, layer actions, base and expert chunks in safetensors "
+            "shards (the policy's statistics in the cache's meta), for `energy-rerank train --cache`. Under "
+            "torchrun every rank caches a contiguous share of the episodes and the shards form one cache."
+        ),
         formatter_class=HelpFormatter,
     )
-    c.add_argument("--policy", required=True, type=Path, help="reference policy bundle")
-    c.add_argument("--out", required=True, type=Path, help="cache directory (must not exist)")
-    c.add_argument("--episodes", type=int, default=200, help="synthetic-task episodes")
-    c.add_argument("--seed", type=int, default=1, help="episode stream of the synthetic task")
-    c.add_argument("--batch-size", type=int, default=64, help="windows per policy forward")
-    c.add_argument("--shard-size", type=int, default=4096, help="samples per shard")
+    c.add_argument("--policy", required=True, type=Path, help="policy bundle directory")
+    add_data_args(c)
+    c.add_argument("--out", required=True, type=Path, help="cache directory to write (must not exist)")
+    c.add_argument("--batch-size", type=int, default=64, help="observations per policy call")
+    c.add_argument("--shard-size", type=int, default=4096, help="samples per shard file")
+    c.add_argument("--device", default="cpu", help="torch device of the policy (under torchrun, cuda = each rank's local GPU)")
     c.set_defaults(func=run_cache)
 
     if importlib.util.find_spec("energy_rerank.training.policy_cli") is not None:
@@ -111,14 +118,34 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         loss["tau"] = args.tau
     if args.adaptive_tau:
         loss["adaptive_tau"] = True
+    energy = dataclasses.replace(cfg.energy, activation=args.activation) if args.activation else cfg.energy
+    if args.cache:
+        energy = fit_to_cache(energy, args.cache)
     return cfg.replace(
         **top,
         data=dataclasses.replace(cfg.data, **data),
         loss=dataclasses.replace(base_loss, **loss),
         sampler=dataclasses.replace(cfg.sampler, **sampler),
         optim=dataclasses.replace(cfg.optim, lr=args.lr) if args.lr is not None else cfg.optim,
-        energy=dataclasses.replace(cfg.energy, activation=args.activation) if args.activation else cfg.energy,
+        energy=energy,
     )
+
+
+def fit_to_cache(energy: EnergyConfig, cache_dir: str | Path) -> EnergyConfig:
+    """The head's input widths taken from the cache (context width D, chunk [H, A]): a preset
+    sets the head's size, the policy that wrote the cache sets what it reads."""
+    from energy_rerank.training.cache import FeatureCache
+
+    shapes = FeatureCache(cache_dir).index["shapes"]
+    d, (h, a) = int(shapes["context"][-1]), map(int, shapes["base"])
+    if energy.action_offset == 0:
+        return dataclasses.replace(energy, context_dim=d, chunk_len=h, action_dim=a)
+    if energy.action_offset + energy.action_dim > a:
+        raise SystemExit(
+            f"--cache {cache_dir}: the head scores action dims [{energy.action_offset}, "
+            f"{energy.action_offset + energy.action_dim}) but the cached chunks have {a}"
+        )
+    return dataclasses.replace(energy, context_dim=d, chunk_len=h)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -135,7 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
             print(
                 f"done: {summary['steps']} steps, {summary['skipped_steps']} skipped; held-out loss "
                 f"{held.get('loss', float('nan')):.4g}, ranking accuracy {held.get('rank_acc', float('nan')):.3f}; "
-                f"bundle {args.out / 'energy_head'}"
+                f"bundle {args.out}"
             )
     finally:
         shutdown(info)
@@ -163,15 +190,28 @@ def _fit(args: argparse.Namespace, cfg: TrainConfig, info: DistInfo) -> dict[str
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from energy_rerank.policy.reference import ReferenceVLA
-    from energy_rerank.synthetic import SyntheticTask
+    from energy_rerank.data import load_data
+    from energy_rerank.policy.loading import load_policy
+    from energy_rerank.training.distributed import init_distributed, shutdown
     from energy_rerank.training.policy_data import cache_policy_features
 
-    policy = ReferenceVLA.load(args.policy)
-    task = SyntheticTask()
-    windows = task.windows(task.episodes(args.episodes, seed=args.seed))
-    out = cache_policy_features(
-        policy, windows, args.out, args.batch_size, args.shard_size, meta={"task": "synthetic", "seed": args.seed}
-    )
-    print(f"wrote {len(windows)} samples to {out}")
+    info = init_distributed(args.device)
+    try:
+        policy = load_policy(args.policy, info.device)
+        d = policy.description
+        data = load_data(args.data, d.chunk_len, args.demos, args.stride, images=bool(d.cameras))
+        meta = {
+            "data": list(args.data),
+            "demos": list(args.demos) if args.demos else "all",
+            "stride": args.stride,
+            "tasks": sorted(set(data.tasks)),
+            "episodes": len(set(data.windows.episode.tolist())),
+        }
+        out = cache_policy_features(
+            policy, data.windows, args.out, args.batch_size, args.shard_size, meta=meta, info=info
+        )
+        if info.is_main:
+            print(f"wrote {len(data.windows)} samples of {meta['episodes']} episodes to {out}")
+    finally:
+        shutdown(info)
     return 0

@@ -49,7 +49,7 @@ class DataConfig:
 class TrainConfig:
     """One training run."""
 
-    mode: TrainMode = "energy-only"  # energy-only | joint | alternating | monitor-only (SEEDS.md 5-6)
+    mode: TrainMode = "energy-only"  # energy-only | joint | alternating | monitor-only (energy_trainer.py)
     steps: int = 5000  # optimiser steps (energy steps in energy-only mode)
     seed: int = 0  # seeds init, data order, negatives and dropout
     device: str = "cpu"  # torch device; under torchrun each rank uses its local GPU when "cuda"

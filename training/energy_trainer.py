@@ -1,4 +1,4 @@
-"""EnergyTrainer: the training loop of the energy head, in four modes (SEEDS.md sections 5-6).
+"""EnergyTrainer: the training loop of the energy head, in four modes.
 
 - energy-only (default): features from a store (feature cache or synthetic) or from a frozen
   policy; only the energy head's parameters are trainable.
@@ -53,7 +53,6 @@ from energy_rerank.training.synthetic_features import make_synthetic_features
 if TYPE_CHECKING:  # the policy module imports transformers; energy-only training never needs it
     from energy_rerank.policy.reference import ReferenceVLA
 
-BUNDLE_DIR = "energy_head"  # final head, loadable by EnergyModel.from_pretrained / the server
 CHECKPOINT_DIR = "checkpoints"
 SUMMARY_FILE = "summary.json"
 
@@ -336,7 +335,7 @@ class EnergyTrainer:
             self.model.eval()
             # The sampler goes with the head: it ranks well only the kind of candidates it trained on.
             extra = {"sampler": config_to_dict(self.config.sampler)}
-            self.model.save_pretrained(self.out / BUNDLE_DIR, stats=self.stats, extra=extra)
+            self.model.save_pretrained(self.out, stats=self.stats, extra=extra)  # the run directory is the bundle
             (self.out / "train_config.json").write_text(json.dumps(config_to_dict(self.config), indent=2))
             (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
         barrier(self.info)

@@ -1,4 +1,4 @@
-"""Energy losses (SEEDS.md section 2 and 4), all computed from one shared context encoding.
+"""Energy losses, all computed from one shared context encoding.
 
 One scoring pass per batch: the context is projected once (`encode_context`, [B, S, D] in,
 linear in B) and every candidate row is scored against it with `score`:
@@ -69,7 +69,7 @@ class LossConfig:
     """Which energy loss terms to use and how they are weighted."""
 
     tau: float = 1.0  # InfoNCE temperature in energy units (the seed's 0.5 with sigmoid was too small)
-    adaptive_tau: bool = False  # tau_eff = max(tau, 2 * std(E)) (SEEDS.md section 4)
+    adaptive_tau: bool = False  # tau_eff = max(tau, 2 * std(E)) (a fix of the seed's post-mortem)
     logit_clamp: float = 50.0  # logits are clamped to [-clamp, clamp] before the softmax
     inbatch_weight: float = 1.0  # in-batch InfoNCE over the B x B matrix
     negatives_weight: float = 1.0  # InfoNCE against the explicit negatives

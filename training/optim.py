@@ -1,6 +1,6 @@
 """A guarded optimiser step: AdamW + LR warm-up + grad-norm clipping + skip-and-count.
 
-The seed's energy head went NaN near step 18k and its fix list (SEEDS.md section 4) was:
+The seed's energy head went NaN near step 18k and its fix list was:
 AdamW with weight decay, warm-up, clip the grad norm at 0.5, and skip a step whose grad norm
 is non-finite or above 10. An absolute threshold fits one model's scale only (a healthy tiny
 head reaches grad norms of 20 and would stall there), so a spike guard relative to the running
@@ -31,7 +31,7 @@ LRDecay = Literal["constant", "cosine"]
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and the step guards. Defaults are the seed's post-mortem fixes (SEEDS.md section 4)."""
+    """AdamW and the step guards. Defaults are the fixes of the seed's post-mortem (module docstring)."""
 
     lr: float = 1e-4  # peak learning rate (reached at the end of warm-up)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay (seed fix: 1e-4)

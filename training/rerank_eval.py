@@ -22,6 +22,7 @@ import torch
 from energy_rerank.candidates import CandidateSampler
 from energy_rerank.energy import EncodedContext, EnergyModel
 from energy_rerank.policy.reference import ReferenceVLA
+from energy_rerank.selection import choose
 from energy_rerank.training.policy_data import PolicyWindows
 
 
@@ -61,7 +62,7 @@ def rerank_gain(
         ctx = model.encode_context(proposals.context.float(), proposals.valid)
         energies = model.score(ctx, cands)  # [B, N]
         err = (cands - expert.to(cands.device)[:, None]).abs().mean(dim=(2, 3))  # [B, N]
-        choice = energies.argmin(1)  # [B]
+        choice = torch.from_numpy(choose(energies))  # [B] the server's rule, margin 0
         base_sum += float(err[:, 0].sum())
         rerank_sum += float(err.gather(1, choice[:, None]).sum())
         oracle_sum += float(err.min(1).values.sum())
@@ -105,7 +106,7 @@ def ceiling_shares(
     )
 
     def share(target: torch.Tensor) -> float:
-        pick = (cands - target[:, None]).abs().mean(dim=(2, 3)).argmin(1, keepdim=True)  # [B, 1]
+        pick = (cands - target[:, None]).abs().mean(dim=(2, 3)).min(1, keepdim=True).indices  # [B, 1] nearest
         return float(base_l1 - err.gather(1, pick).mean()) / gain if gain > 0 else float("nan")
 
     return {

@@ -23,7 +23,7 @@ from energy_rerank.synthetic import SyntheticConfig, SyntheticTask
 from energy_rerank.training.bc import BCConfig, train_bc
 from energy_rerank.training.cache import FeatureCache
 from energy_rerank.training.config import TrainConfig, preset
-from energy_rerank.training.energy_trainer import BUNDLE_DIR, EnergyTrainer
+from energy_rerank.training.energy_trainer import EnergyTrainer
 from energy_rerank.training.policy_data import PolicyWindows, cache_policy_features
 from energy_rerank.training.rerank_eval import rerank_gain
 
@@ -79,7 +79,7 @@ def run_synthetic_pipeline(workdir: str | Path, cfg: SyntheticPipelineConfig) ->
         "energy_heldout": summary["heldout"],
         "energy_skipped_steps": summary["skipped_steps"],
         "rerank": result.to_dict(),
-        "bundle": str(workdir / "energy" / BUNDLE_DIR),
+        "bundle": str(workdir / "energy"),
         "seconds": {"bc": t1 - t0, "cache": t2 - t1, "energy": t3 - t2, "eval": time.perf_counter() - t3},
         "policy": policy,
         "model": trainer.model,

@@ -11,26 +11,20 @@ energy gap E[base] - min E over the calibration windows, plus 0 and inf; ties go
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from energy_rerank.checkpoint import SELECTION_FILE, BundleError, read_selection, switch_margin_of
 from energy_rerank.evaluation.offline import StepResults
+from energy_rerank.selection import choose
 
 QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)  # of the calibration gaps, as candidate margins
 
 
 def chosen_l1(res: StepResults, n: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """L1 [W] of the chunk served with this margin at N = n, and whether it left the base [W]."""
-    energy = res.candidate_energy[:, :n]  # [W, n]
-    best = energy.argmin(axis=1)  # [W]
-    rows = np.arange(len(best))
-    switched = (best != 0) & (energy[:, 0] - energy[rows, best] > margin)
-    return res.candidate_l1[rows, np.where(switched, best, 0)], switched
+    chosen = choose(res.candidate_energy[:, :n], margin)  # [W] the server's rule on the same energies
+    return res.candidate_l1[np.arange(len(chosen)), chosen], chosen != 0
 
 
 def episode_se(values: np.ndarray, episode: np.ndarray) -> float:
@@ -69,55 +63,3 @@ def calibrate(res: StepResults, n: int, ns: list[int]) -> dict[str, Any]:
         held_out[f"margin_share@{k}"] = float(gain.mean() / (base.mean() - oracle)) if base.mean() > oracle else 0.0
         held_out[f"margin_gain_se@{k}"] = episode_se(gain, res.episode[test])
     return {"n": n, "margin": best["margin"], "sweep": sweep, "held_out": held_out}
-
-
-SWITCHED = "switched@"  # calibration.held_out keys: switched@N -> held-out switch rate at N
-
-
-@dataclass(frozen=True)
-class SwitchExpectation:
-    """Held-out switch rates of one head at its calibrated margin, as `calibrate` measured them and
-    `eval offline --write-margin` recorded them in the bundle: what the server's switch-rate watch
-    and a closed-loop report compare the live rate with."""
-
-    margin: float  # the calibrated switch margin these rates were measured with
-    ns: tuple[int, ...]  # N values measured, ascending
-    rates: tuple[float, ...]  # switch rate at each of ns, in [0, 1]
-
-    def at(self, n: int) -> float:
-        """Expected rate at N: linear in log N between measured N, the nearest measured rate outside."""
-        return float(np.interp(math.log(n), [math.log(k) for k in self.ns], self.rates))
-
-    @classmethod
-    def from_selection(
-        cls, record: dict[str, Any], margin: float, where: str = "selection.json"
-    ) -> SwitchExpectation | None:
-        """From a bundle's selection record and its margin; None when it holds no held-out switch rates."""
-        held = (record.get("calibration") or {}).get("held_out") or {}
-        pairs = []
-        for key, value in held.items():
-            if not key.startswith(SWITCHED):
-                continue
-            try:
-                n, rate = int(key[len(SWITCHED):]), float(value)
-            except (TypeError, ValueError) as e:
-                raise BundleError(f"{where}: calibration.held_out[{key!r}] = {value!r}: {e}") from e
-            if n < 1 or not 0.0 <= rate <= 1.0:
-                raise BundleError(f"{where}: calibration.held_out[{key!r}] = {value!r} is not a rate at N >= 1")
-            pairs.append((n, rate))
-        if not pairs:
-            return None
-        pairs.sort()
-        return cls(margin, tuple(n for n, _ in pairs), tuple(r for _, r in pairs))
-
-
-def expectation_for(energy_path: str | Path, served_margin: float) -> SwitchExpectation | None:
-    """The head's recorded switch rates, if it has them and the server uses the margin they were measured at."""
-    record = read_selection(energy_path)
-    if record is None:
-        return None
-    where = f"{energy_path}/{SELECTION_FILE}"
-    expected = SwitchExpectation.from_selection(record, switch_margin_of(record, where), where)
-    if expected is None or expected.margin != served_margin:
-        return None  # a margin set by flag switches at another rate than the one recorded
-    return expected

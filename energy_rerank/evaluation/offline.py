@@ -4,7 +4,8 @@ close is it to the demonstrated one?
 For every evaluated step t the policy proposes, the sampler builds N_max candidates (one
 seeded draw; the candidates at N are its first N, as in the Reranker), and the energy head
 scores them together with the recorded chunk a[t:t+H]. Errors are measured in robot units
-against the recorded chunk, after the same unnormalise-and-clip the Reranker applies:
+against the recorded chunk, after the same selection rule, unnormalise and clip the Reranker
+applies (energy_rerank.selection):
   base      candidate 0, the policy's own chunk
   rerank@N  argmin of energy over the first N
   oracle@N  the best of the first N by error (what a perfect scorer could reach)
@@ -15,7 +16,7 @@ where the recorded chunk's energy falls among the candidates'.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from energy_rerank.candidates import CandidateSampler
 from energy_rerank.policy.base import Proposer
 from energy_rerank.policy.windows import Windows
 from energy_rerank.scoring import Scorer
+from energy_rerank.selection import choose, robot_bounds, to_robot
 
 
 @dataclass(frozen=True)
@@ -68,43 +70,11 @@ def evaluate_windows(
     """Score every window; tasks[i] labels window i."""
     if len(tasks) != len(windows):
         raise ValueError(f"{len(tasks)} task labels for {len(windows)} windows")
-    stats = proposer.stats
-    if (
-        proposer.description.chunk_len != windows.chunk_len
-        or proposer.description.action_dim != windows.action_dim
-    ):
-        raise ValueError(
-            f"policy produces chunks [{proposer.description.chunk_len}, {proposer.description.action_dim}], "
-            f"recorded windows are [{windows.chunk_len}, {windows.action_dim}]"
-        )
     n_max = max(config.ns)
-    if stats is not None:
-        low, high = stats.action_bounds(normalized=False)
-    else:
-        low, high = -torch.ones(windows.action_dim), torch.ones(windows.action_dim)
     parts: list[dict[str, np.ndarray]] = []
-    for start in tqdm(range(0, len(windows), config.batch), desc="eval offline", unit="batch"):
-        idx = np.arange(start, min(start + config.batch, len(windows)))
-        obs = [windows.observations[i] for i in idx]
-        expert = torch.from_numpy(windows.chunks[idx])  # [B, H, A] robot units
-        with torch.no_grad():
-            proposals = proposer.propose(obs)
-            cands = sampler.sample(
-                proposals,
-                n_max,
-                seeds=[config.seed + int(i) for i in idx],
-                sigma_scales=[config.sigma_scale] * len(idx),
-            )  # [B, N, H, A] normalised
-            expert_norm = expert if stats is None else stats.normalize_actions(expert)
-            everything = torch.cat([cands, expert_norm[:, None].to(cands)], dim=1)  # [B, N + 1, H, A]
-            energies = scorer.score(proposals.context, proposals.valid, everything).float().cpu().numpy()
-        robot = cands.float().cpu()
-        if stats is not None:
-            robot = stats.unnormalize_actions(robot)
-        clipped = torch.maximum(
-            torch.minimum(robot, high), low
-        ).numpy()  # [B, N, H, A], as the Reranker clips
-        abs_err = np.abs(clipped - expert.numpy()[:, None])  # [B, N, H, A]
+    for idx, robot, energies in _scored_batches(windows, proposer, scorer, sampler, config, n_max, with_expert=True):
+        expert = windows.chunks[idx]  # [B, H, A] robot units
+        abs_err = np.abs(robot - expert[:, None])  # [B, N, H, A]
         parts.append(
             {
                 "l1": abs_err.mean(axis=(2, 3)),  # [B, N]
@@ -121,7 +91,7 @@ def evaluate_windows(
     out_l1 = {"base": l1[:, 0]}
     out_dim = {"base": dim[:, 0]}
     for n in config.ns:
-        chosen = np.argmin(energy[:, :n], axis=1)  # [W]
+        chosen = choose(energy[:, :n])  # [W] plain argmin (margin 0), the server's rule
         out_l1[f"rerank@{n}"] = l1[rows, chosen]
         out_l1[f"oracle@{n}"] = l1[:, :n].min(axis=1)
         out_l1[f"random@{n}"] = l1[:, :n].mean(axis=1)
@@ -137,6 +107,66 @@ def evaluate_windows(
         task=np.asarray(list(tasks)),
         episode=np.asarray(windows.episode),
     )
+
+
+def chosen_chunks(
+    windows: Windows,
+    proposer: Proposer,
+    scorer: Scorer,
+    sampler: CandidateSampler,
+    n: int,
+    margin: float = 0.0,
+    config: OfflineConfig = OfflineConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk the server would return for every window at N = n and this switch margin, with
+    window i's candidates seeded config.seed + i: (chunks [W, H, A] robot units, indices [W])."""
+    chunks, indices = [], []
+    for _, robot, energies in _scored_batches(windows, proposer, scorer, sampler, config, n, with_expert=False):
+        chosen = choose(energies, margin)  # [B]
+        chunks.append(robot[np.arange(len(chosen)), chosen])
+        indices.append(chosen)
+    return np.concatenate(chunks), np.concatenate(indices)
+
+
+def _scored_batches(
+    windows: Windows,
+    proposer: Proposer,
+    scorer: Scorer,
+    sampler: CandidateSampler,
+    config: OfflineConfig,
+    n: int,
+    with_expert: bool,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per batch of windows: (window ids [B], candidates in robot units as served [B, n, H, A],
+    energies [B, n] or, with_expert, [B, n + 1] with the recorded chunk's energy last)."""
+    if (
+        proposer.description.chunk_len != windows.chunk_len
+        or proposer.description.action_dim != windows.action_dim
+    ):
+        raise ValueError(
+            f"policy produces chunks [{proposer.description.chunk_len}, {proposer.description.action_dim}], "
+            f"recorded windows are [{windows.chunk_len}, {windows.action_dim}]"
+        )
+    stats = proposer.stats
+    low, high = robot_bounds(stats, sampler.low, sampler.high)
+    for start in tqdm(range(0, len(windows), config.batch), desc="eval offline", unit="batch"):
+        idx = np.arange(start, min(start + config.batch, len(windows)))
+        obs = [windows.observations[i] for i in idx]
+        with torch.no_grad():
+            proposals = proposer.propose(obs)
+            cands = sampler.sample(
+                proposals,
+                n,
+                seeds=[config.seed + int(i) for i in idx],
+                sigma_scales=[config.sigma_scale] * len(idx),
+            )  # [B, n, H, A] normalised
+            scored = cands
+            if with_expert:
+                expert = torch.from_numpy(windows.chunks[idx])  # [B, H, A] robot units
+                expert_norm = expert if stats is None else stats.normalize_actions(expert)
+                scored = torch.cat([cands, expert_norm[:, None].to(cands)], dim=1)  # [B, n + 1, H, A]
+            energies = scorer.score(proposals.context, proposals.valid, scored).float().cpu().numpy()
+        yield idx, to_robot(cands, stats, low, high).numpy(), energies
 
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:

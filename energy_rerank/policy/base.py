@@ -2,7 +2,7 @@
 
 A Proposer turns observations into a context for the energy head and candidate chunks:
 its last-layer hidden states (context), which context tokens are valid, and the action head
-applied to the action-token hidden states of every layer ("layer actions", SEEDS.md section 3).
+applied to the action-token hidden states of every layer ("layer actions").
 All action tensors here are in the policy's *normalised* action space; `NormStats` maps them
 to robot units.
 """

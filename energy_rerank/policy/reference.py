@@ -10,7 +10,7 @@ to k tokens with an MLP instead (fewer tokens, slower to learn object selection)
 
 The H action queries are learned embeddings decoded in parallel (one token per chunk step).
 Applying the same head to the action-query hidden states of *every* layer gives the "layer
-actions" (SEEDS.md section 3): poor chunks from early layers, the policy's own from the last.
+actions": poor chunks from early layers, the policy's own from the last.
 The context for the energy head is the last layer's hidden states (or config.context_layer's);
 state, image and instruction tokens are valid, padding and action queries are not (the seed's mask).
 
