@@ -4,7 +4,13 @@ It fixes the evaluation protocol (suite max steps, wait steps, fixed init states
 recorded simulator states, and turns robosuite's observation dict into LIBERO's dataset keys
 plus the privileged object poses a scripted expert and a low-dim policy read. Cameras are
 off unless asked for: physics alone is ~2 ms per control step, rendering two 64 px cameras
-~0.14 s (ANCHORS.md).
+~0.14 s.
+
+Two things robosuite does by default cost time and change nothing here, so they are off:
+rebuilding the MuJoCo model from XML at every reset (~0.7 s an episode; every reset is followed by
+restoring a complete init state, so a soft reset gives bit-identical episodes, checked by a test),
+and computing its observables at every physics substep (this wrapper reads what it needs from
+the simulator once per control step; camera observables stay on when cameras are).
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ MAX_STEPS = {
     "libero_10": 520,
     "libero_90": 400,
 }
+# Finger geometry of robosuite's Panda gripper (gap = left - right finger qpos, m).
+OPEN_GAP = 0.074  # wider than this: open (fully open is 0.080)
+GRIPPER_CLOSED = np.array([-1.0, 1.0])  # robosuite's Panda finger command when fully closed (open: negated)
 WAIT_STEPS = 10  # no-op steps at the start of every episode while objects settle (LIBERO protocol)
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # no motion, gripper open
 CAMERAS = ("agentview", "robot0_eye_in_hand")  # robosuite names; stored as agentview_rgb / eye_in_hand_rgb
@@ -90,9 +99,16 @@ class LiberoSim:
             has_offscreen_renderer=cams,
             camera_heights=config.image_size or 64,
             camera_widths=config.image_size or 64,
+            # The runner counts steps itself; robosuite's own horizon would end a simulator that labels
+            # or takes over from many restored states (each restore keeps its step counter going).
+            ignore_done=True,
+            hard_reset=False,  # the model is the same every episode; the init state is restored whole
         )
         self.env.seed(config.seed)
         self.env.reset()
+        for name in self.env.env.observation_names:  # read from the simulator instead (_convert)
+            if not name.endswith("_image"):
+                self.env.env.modify_observable(name, "enabled", False)
         inner = self.env.env
         self.object_names: tuple[str, ...] = tuple(inner.objects_dict)  # movable objects, BDDL order
         # The objects the instruction is about ([object, target] for pick-and-place); fixtures and
@@ -106,6 +122,7 @@ class LiberoSim:
         if not 0 <= init_index < len(self.init_states):
             raise ValueError(f"init_index must be in [0, {len(self.init_states)}), got {init_index}")
         self.env.reset()
+        self.gripper_command = np.zeros(1)  # what a rebuilt model starts with: episodes do not depend on history
         return self._convert(self.env.set_init_state(self.init_states[init_index]))
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
@@ -120,9 +137,40 @@ class LiberoSim:
         """Flattened MuJoCo state [S] (time, qpos, qvel): what LIBERO stores as `states`."""
         return np.asarray(self.env.get_sim_state(), dtype=np.float64)
 
-    def set_state(self, state: np.ndarray) -> dict[str, np.ndarray]:
-        """Restore a recorded state and return the observation it implies."""
-        return self._convert(self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64)))
+    def set_state(self, state: np.ndarray, gripper_command: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Restore a recorded state and return the observation it implies.
+
+        The gripper's commanded finger position is not part of MuJoCo's state (robosuite integrates
+        it from the actions, 0.25 of its range per control step): give the one the state was
+        recorded with (`gripper_command`) when it is known; otherwise it is set to where the fingers
+        are heading (closed if they are closing or closed, open if opening or open), which is where
+        any action held for 8 steps takes it.
+        """
+        obs = self._convert(self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64)))
+        if gripper_command is None:
+            gap, rate = self.finger_gap()
+            closed = rate < -0.01 or (gap < OPEN_GAP and rate <= 0.01)
+            gripper_command = GRIPPER_CLOSED if closed else -GRIPPER_CLOSED
+        self.gripper_command = gripper_command
+        return obs
+
+    @property
+    def gripper_command(self) -> np.ndarray:
+        """The gripper's commanded finger positions (robosuite's hidden gripper state): [2] in [-1, 1],
+        GRIPPER_CLOSED when fully closed, its negative when fully open ([1] zeros right after reset)."""
+        return np.array(self.env.env.robots[0].gripper.current_action, dtype=np.float64)
+
+    @gripper_command.setter
+    def gripper_command(self, value: np.ndarray) -> None:
+        self.env.env.robots[0].gripper.current_action = np.array(value, dtype=np.float64)
+
+    def finger_gap(self) -> tuple[float, float]:
+        """(gap between the fingers in m, its rate in m/s: > 0 opening) from the simulator state."""
+        robot = self.env.env.robots[0]
+        data = self.env.env.sim.data
+        q = data.qpos[robot._ref_gripper_joint_pos_indexes]
+        v = data.qvel[robot._ref_gripper_joint_vel_indexes]
+        return float(q[0] - q[1]), float(v[0] - v[1])
 
     def success(self) -> bool:
         return bool(self.env.check_success())
