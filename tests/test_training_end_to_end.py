@@ -8,12 +8,13 @@ from the frozen policy, a head that beats chance on held-out windows, a bundle t
 and on held-out episodes reranking at N = 64 lowers chunk L1 below the base chunk's, recovering a
 positive share of the oracle's best-of-N gain (printed).
 
-Measured with scripts/train_energy_synthetic.py (README, Results): the same head trained only on
-the policy's own 20 episodes does not beat it (share -0.05): the gain comes from the demonstrations
-the policy did not have. It also shrinks as the policy gets better: over policy seeds 0-4 at this
-budget the share is +0.51 / +0.34 / -0.01 / +0.16 / -0.08 (base L1 0.286 / 0.256 / 0.224 / 0.249 /
-0.220), and against a policy BC'd on 60 episodes for 300 steps (base 0.16) no head trained so far
-helps. Seed 0, the default, is the one asserted here; the spread is why the note reports it.
+The reranking claim is asserted with a confidence bound over the 20 held-out episodes (the
+gain's one-sided 95% lower bound, episode-clustered: 0.036 - 1.645 x 0.016 > 0 at seed 0), so
+it does not pass by the luck of which windows were held out. It says nothing about other
+training seeds: measured with scripts/train_energy_synthetic.py (README, Results), over policy
+seeds 0-4 at this budget the share is +0.51 / +0.34 / -0.01 / +0.16 / -0.08 (base L1 0.286 /
+0.256 / 0.224 / 0.249 / 0.220), and the head trained only on the policy's own 20 episodes does
+not beat it (share -0.05): the gain comes from the demonstrations the policy did not have.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def test_pipeline_stages_connect(result) -> None:
 
 @pytest.mark.slow
 def test_reranking_beats_the_base_chunk(result) -> None:
+    """Beyond chance on the held-out episodes: the gain's one-sided 95% lower bound (episode-clustered
+    standard error over the 20 held-out episodes) is above zero."""
     r = result["rerank"]
-    assert r["reranked_l1"] < r["base_l1"]
+    gain = r["base_l1"] - r["reranked_l1"]
+    print(f"gain {gain:.4f} +- {r['gain_se']:.4f} (SE over held-out episodes)")
+    assert r["gain_se"] > 0 and gain - 1.645 * r["gain_se"] > 0
     assert r["share"] > 0

@@ -7,6 +7,7 @@ units, mean |error| per action element):
   reranked  L1 of the lowest-energy candidate
   oracle    L1 of the candidate closest to the expert (best-of-N with a perfect scorer)
   share     (base - reranked) / (base - oracle): the part of the oracle's gain the head recovers
+  gain_se   standard error of the per-window gain (base - reranked), clustered by episode
 
 Two diagnostics of why a head does (not) help, used by scripts/rerank_diagnostics.py:
   ceiling_shares   the share an ideal scorer of a given quality could recover by selection alone
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from energy_rerank.candidates import CandidateSampler
 from energy_rerank.energy import EncodedContext, EnergyModel
+from energy_rerank.evaluation.margin import episode_se
 from energy_rerank.policy.reference import ReferenceVLA
 from energy_rerank.selection import choose
 from energy_rerank.training.policy_data import PolicyWindows
@@ -35,6 +38,7 @@ class RerankResult:
     oracle_l1: float  # best candidate in hindsight
     share: float  # (base - reranked) / (base - oracle); NaN when the oracle gains nothing
     picked_base: float  # how often the head kept candidate 0
+    gain_se: float  # standard error of base - reranked over episodes (windows of one episode are not independent)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -49,9 +53,12 @@ def rerank_gain(
     num_candidates: int = 64,
     batch_size: int = 64,
     seed: int = 0,
+    episode: np.ndarray | None = None,
 ) -> RerankResult:
+    """episode [W]: each held-out window's episode, for the clustered standard error (None: windows)."""
     model.eval()
     base_sum = rerank_sum = oracle_sum = picked = 0.0
+    gains: list[torch.Tensor] = []
     n = len(windows)
     for start in range(0, n, batch_size):
         ids = torch.arange(start, min(n, start + batch_size))
@@ -63,8 +70,10 @@ def rerank_gain(
         energies = model.score(ctx, cands)  # [B, N]
         err = (cands - expert.to(cands.device)[:, None]).abs().mean(dim=(2, 3))  # [B, N]
         choice = torch.from_numpy(choose(energies))  # [B] the server's rule, margin 0
+        chosen = err.gather(1, choice[:, None])[:, 0]  # [B]
+        gains.append((err[:, 0] - chosen).cpu())
         base_sum += float(err[:, 0].sum())
-        rerank_sum += float(err.gather(1, choice[:, None]).sum())
+        rerank_sum += float(chosen.sum())
         oracle_sum += float(err.min(1).values.sum())
         picked += float((choice == 0).sum())
     base, rerank, oracle = base_sum / n, rerank_sum / n, oracle_sum / n
@@ -77,6 +86,7 @@ def rerank_gain(
         oracle_l1=oracle,
         share=(base - rerank) / gain if gain > 0 else float("nan"),
         picked_base=picked / n,
+        gain_se=episode_se(torch.cat(gains).double().numpy(), np.arange(n) if episode is None else np.asarray(episode)),
     )
 
 

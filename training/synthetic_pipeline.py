@@ -73,7 +73,9 @@ def run_synthetic_pipeline(workdir: str | Path, cfg: SyntheticPipelineConfig) ->
     summary = trainer.fit()
     t3 = time.perf_counter()
     sampler = CandidateSampler.for_policy(policy, cfg.sampler)
-    result = rerank_gain(policy, trainer.model, PolicyWindows(policy, held), sampler, cfg.num_candidates)
+    result = rerank_gain(
+        policy, trainer.model, PolicyWindows(policy, held), sampler, cfg.num_candidates, episode=held.episode
+    )
     return {
         "bc_val_l1": bc.final_val_l1,
         "energy_heldout": summary["heldout"],
