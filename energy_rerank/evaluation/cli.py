@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
-from energy_rerank.cli import HelpFormatter, float_list
+from energy_rerank.cli import HelpFormatter, add_data_args, float_list, int_list
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,18 +28,13 @@ def add_parser(subparsers: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument(
-        "--rollouts", nargs="+", required=True, help="LIBERO .hdf5 files or LeRobot .parquet files"
-    )
+    add_data_args(p)
     p.add_argument("--policy", required=True, help="policy bundle directory (energy-rerank train-policy)")
     p.add_argument("--energy", required=True, help="energy head bundle directory (energy-rerank train)")
     p.add_argument("--out", required=True, help="output directory for report.json and the plots")
-    p.add_argument(
-        "--demos", default="all", help="demo indices to evaluate per file, e.g. '16-19' (held out), or 'all'"
-    )
-    p.add_argument("--ns", default="1,4,16,64,256", help="candidate counts N to report")
-    p.add_argument("--stride", type=int, default=1, help="evaluate every stride-th step of each episode")
-    p.add_argument("--batch", type=int, default=32, help="observations per policy/scorer call")
+    p.add_argument("--n-candidates", type=int_list, default=(1, 4, 16, 64, 256),
+                   help="candidate counts N to report, e.g. '1,16,64'")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32, help="observations per policy/scorer call")
     p.add_argument("--seed", type=int, default=0, help="candidate seed (window i uses seed + i)")
     p.add_argument("--sigma-scale", type=float, default=1.0, help="multiplies the sampler's noise sigmas")
     p.add_argument("--sigmas", type=float_list,
@@ -51,7 +45,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--margin-n",
         type=int,
-        help="N at which the switch margin is calibrated, one of --ns (default: the largest, so the margin "
+        help="N at which the switch margin is calibrated, one of --n-candidates (default: the largest, so the margin "
         "holds at every N up to it; a margin fitted at a small N lets too many switches through at a large one)",
     )
     p.add_argument(
@@ -61,7 +55,7 @@ def add_parser(subparsers: Any) -> None:
         "uses unless --switch-margin is given",
     )
     p.set_defaults(func=_offline)
-    add_libero_parser(sub)  # closed loop through the server (issue 9), below
+    add_libero_parser(sub)  # closed loop through the server, below
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -77,37 +71,35 @@ def _offline(args: argparse.Namespace) -> int:
     import numpy as np
 
     from energy_rerank.candidates import CandidateSampler
-    from energy_rerank.checkpoint import bundle_sampler, write_switch_margin
+    from energy_rerank.checkpoint import read_head_record, write_switch_margin
+    from energy_rerank.data import load_data
     from energy_rerank.energy import EnergyModel
     from energy_rerank.evaluation.offline import OfflineConfig, evaluate_windows
     from energy_rerank.evaluation.report import build_report, write_report
     from energy_rerank.policy.loading import load_policy
-    from energy_rerank.rollouts.windows import load_windows
     from energy_rerank.scoring import TorchScorer
 
     policy = load_policy(args.policy)
     model = EnergyModel.from_pretrained(args.energy)
     images = bool(policy.description.cameras)
-    demos = None if args.demos in ("", "all") else _ints(args.demos, "--demos")
-    windows, tasks = load_windows(args.rollouts, policy.description.chunk_len, demos, args.stride, images)
-    sampler = CandidateSampler.for_policy(policy, bundle_sampler(args.energy, args.sigmas, args.gripper_mode))
-    cfg = OfflineConfig(
-        ns=_ints(args.ns, "--ns"), batch=args.batch, seed=args.seed, sigma_scale=args.sigma_scale
-    )
+    data = load_data(args.data, policy.description.chunk_len, args.demos, args.stride, images)
+    windows, tasks = data.windows, data.tasks
+    sampler = CandidateSampler.for_policy(policy, read_head_record(args.energy).with_sampler(args.sigmas, args.gripper_mode))
+    cfg = OfflineConfig(ns=args.n_candidates, batch=args.batch_size, seed=args.seed, sigma_scale=args.sigma_scale)
     # The largest N by default: the lowest energy falls as N grows, so a margin fitted at 64 lets more
     # switches through at 256 and the error climbs again (LIBERO head seed 1, README); one fitted at the
     # largest N keeps the curve flat at every smaller N, where it is merely a little conservative.
     margin_n = args.margin_n if args.margin_n is not None else max(cfg.ns)
     if margin_n not in cfg.ns:
-        raise SystemExit(f"--margin-n {margin_n} must be one of --ns {list(cfg.ns)}")
+        raise SystemExit(f"--margin-n {margin_n} must be one of --n-candidates {list(cfg.ns)}")
     t0 = time.perf_counter()
     res = evaluate_windows(windows, tasks, policy, TorchScorer(model), sampler, cfg)
     meta = {
-        "rollouts": [str(Path(p)) for p in args.rollouts],
+        "data": list(args.data),
         "policy": args.policy,
         "energy": args.energy,
         "episodes": len(set(windows.episode.tolist())),
-        "demos": args.demos or "all",
+        "demos": list(args.demos) if args.demos else "all",
         "stride": args.stride,
         "sampler": {
             "sigmas": list(sampler.config.sigmas),
@@ -148,20 +140,24 @@ def _offline(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- eval libero (closed loop, issue 9)
+# ---------------------------------------------------------------- eval libero (closed loop)
 def add_libero_parser(sub: Any) -> None:
     p = sub.add_parser(
         "libero",
-        help="closed-loop LIBERO success rate through a running server, base (N=1) vs reranked",
+        help="closed-loop LIBERO success rate through a running server: base (N=1), head, random, oracle",
         description=(
-            "Runs LIBERO episodes under the standard protocol (fixed init states 0..K-1, 10 wait steps, the "
-            "suite's max steps); every chunk comes from the server at --server via SelectAction and the "
-            "client's chunk broker, once per --n-candidates setting (N=1 = the base policy, no reranking), "
-            "and with --switch-margins once per (N > 1, margin): a sweep of the margin against closed-loop "
-            "success, on the policy's own states rather than on demonstrations. "
-            "Writes report.json (success per task and overall with Wilson 95% intervals, mean episode "
-            "length, client-observed and server latency percentiles, every episode, and the server's model "
-            "version and switch margin) and success.png to --out. "
+            "Runs LIBERO episodes under the standard protocol (fixed init states, 10 wait steps, the suite's "
+            "max steps); every chunk comes from the server at --server via SelectAction and the client's "
+            "chunk broker. Every setting runs the same init states with the same request seeds: once per "
+            "--n-candidates N (N=1 = the base policy) and --selectors entry (head = the server's pick; "
+            "random = a uniform random one of the server's N; oracle = the one nearest the scripted expert's "
+            "label from the current state, the most any head can reach with these candidates), and with "
+            "--switch-margins once per (N > 1, margin) for the head: a sweep of the margin against "
+            "closed-loop success, on the policy's own states rather than on demonstrations. "
+            "Writes report.json (success per task and overall with Wilson 95% intervals, episodes won / "
+            "lost against N=1 with the exact sign test, mean episode length, client-observed and server "
+            "latency percentiles, episodes per hour, every episode, and the server's model version and "
+            "switch margin), success.png and success_vs_n.png to --out. "
             "Start the server first, e.g. `energy-rerank serve --policy P --energy E --address 127.0.0.1:50051`."
         ),
         formatter_class=HelpFormatter,
@@ -170,7 +166,21 @@ def add_libero_parser(sub: Any) -> None:
     p.add_argument("--suite", default="libero_object", help="LIBERO suite")
     p.add_argument("--tasks", type=int, nargs="+", default=[0], help="task ids within the suite")
     p.add_argument(
-        "--episodes", type=int, default=10, help="episodes per task and setting (init states 0..K-1)"
+        "--episodes", type=int, default=None, help="episodes per task and setting: init states 0..K-1 (default 10)"
+    )
+    p.add_argument(
+        "--init-states",
+        type=_init_states,
+        default=None,
+        help="the fixed init states to run instead of 0..K-1, e.g. '30-49' (held out from demos, collection "
+        "and calibration, which use 0-29)",
+    )
+    p.add_argument(
+        "--trained-on",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="HDF5 files the policy or head learnt from: refuse init states their demos started from",
     )
     p.add_argument(
         "--n-candidates",
@@ -188,6 +198,19 @@ def add_libero_parser(sub: Any) -> None:
         help="switch margins sent with each request, one setting per N > 1 and margin: numbers >= 0, "
         "inf (never switch) or 'server' (the server's own). Default: the server's only",
     )
+    p.add_argument(
+        "--selectors",
+        nargs="+",
+        choices=("head", "random", "oracle"),
+        default=["head"],
+        help="who picks among the server's N, one setting each: head (the server), random, oracle",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="episode processes against the one server (its batcher batches them); about one per free core",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="control-step cap (default: the suite's)")
     p.add_argument("--prefetch", type=float, default=0.0, help="broker prefetch fraction in [0, 1)")
     p.add_argument("--sigma-scale", type=float, default=1.0, help="multiplies the server sampler's sigmas")
@@ -197,8 +220,14 @@ def add_libero_parser(sub: Any) -> None:
         "--video-dir", default="", help="write MP4s of the first --video-episodes here (needs imageio)"
     )
     p.add_argument("--video-episodes", type=int, default=2, help="filmed episodes per task and setting")
-    p.add_argument("--out", required=True, help="output directory for report.json and success.png")
+    p.add_argument("--out", required=True, help="output directory for report.json and the plots")
     p.set_defaults(func=_libero)
+
+
+def _init_states(text: str) -> tuple[int, ...]:
+    from energy_rerank.libero.protocol import parse_init_states
+
+    return parse_init_states(text)
 
 
 def _margin(text: str) -> float | None:
@@ -221,23 +250,40 @@ def _libero(args: argparse.Namespace) -> int:
 
     if args.video_dir and importlib.util.find_spec("imageio") is None:
         raise SystemExit("--video-dir needs imageio (pip install imageio imageio-ffmpeg); not installed")
+    import functools
+
+    from energy_rerank.libero.protocol import check_held_out
     from energy_rerank_client import RerankClient
 
-    cfg = ClosedLoopConfig(
-        suite=args.suite,
-        tasks=tuple(args.tasks),
-        episodes=args.episodes,
-        ns=tuple(args.n_candidates),
-        margins=tuple(getattr(args, "switch_margins", [None])),
-        max_steps=args.max_steps,
-        prefetch_fraction=args.prefetch,
-        sigma_scale=args.sigma_scale,
-        seed=args.seed,
-        video_episodes=args.video_episodes if args.video_dir else 0,
-        video_dir=args.video_dir,
-    )
-    with RerankClient(args.server, token=args.token, timeout=30.0) as client:
-        report = run_closed_loop(client, cfg, on_task_done=lambda partial: write_report(partial, args.out))
+    if args.init_states is not None and args.episodes is not None:
+        raise SystemExit("--episodes K runs init states 0..K-1; give either it or --init-states, not both")
+    try:
+        cfg = ClosedLoopConfig(
+            suite=args.suite,
+            tasks=tuple(args.tasks),
+            episodes=args.episodes or 10,
+            init_states=tuple(args.init_states or ()),
+            ns=tuple(args.n_candidates),
+            margins=tuple(getattr(args, "switch_margins", [None])),
+            selectors=tuple(args.selectors),
+            max_steps=args.max_steps,
+            prefetch_fraction=args.prefetch,
+            sigma_scale=args.sigma_scale,
+            seed=args.seed,
+            workers=args.workers,
+            video_episodes=args.video_episodes if args.video_dir else 0,
+            video_dir=args.video_dir,
+        )
+        unchecked = check_held_out(cfg.inits(), args.trained_on)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"eval libero: {e}") from None
+    for path in unchecked:
+        print(f"eval libero: {path} records no init states (written before they were recorded): not checked")
+    connect = functools.partial(RerankClient, args.server, token=args.token, timeout=30.0)
+    with connect() as client:
+        report = run_closed_loop(
+            client, cfg, on_task_done=lambda partial: write_report(partial, args.out), connect=connect
+        )
     paths = write_report(report, args.out)
     summary = {
         label: {
@@ -249,8 +295,11 @@ def _libero(args: argparse.Namespace) -> int:
             "client_p99_ms": round(s["latency"]["client"].get("p99_ms", float("nan")), 1),
             "reranked_share": round(s["reranked_share"], 3),
             "calibrated_share": None if s["calibrated_share"] is None else round(s["calibrated_share"], 3),
+            "won_lost_vs_base": None if s["vs_base"] is None else f"{s['vs_base']['won']}/{s['vs_base']['lost']}",
+            "sign_test_p": None if s["vs_base"] is None else round(s["vs_base"]["sign_test_p"], 4),
         }
         for label, s in report["settings"].items()
     }
-    print(json.dumps({"settings": summary, "written": [str(p) for p in paths]}, indent=1))
+    out = {"settings": summary, "episodes_per_hour": report["episodes_per_hour"], "written": [str(p) for p in paths]}
+    print(json.dumps(out, indent=1))
     return 0

@@ -6,6 +6,11 @@ the current one is used up (or earlier, with prefetch). Each call gets a fresh o
 the broker always plans from the newest one. Every request's client-observed round trip and the
 server's own timing are kept for the latency report.
 
+A `chooser` replaces the server's pick with the client's own among the same N candidates
+(SelectAction with return_candidates): a uniform random one, or the one nearest the scripted
+expert's label (`libero.selectors`). The server still builds, bounds and checks every candidate,
+so the chunk executed is always one the server would have returned.
+
 The client is passed in (anything with RerankClient's `select` and `info`), so this module
 imports no gRPC itself; `energy_rerank_client` is only needed for its broker.
 """
@@ -14,12 +19,16 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from energy_rerank.policy.base import Observation
+
+# (candidates [N, H, A] robot units as the server returned them, the request's seed) -> chosen index
+Chooser = Callable[[np.ndarray, int], int]
 
 
 @dataclass(frozen=True)
@@ -48,11 +57,13 @@ class RequestLog:
 class ServedController:
     """chunk_fn(observation) -> [1, 7]: one action per control step, chunks from the server."""
 
-    def __init__(self, client: Any, config: ControllerConfig, episode_key: str = "") -> None:
+    def __init__(
+        self, client: Any, config: ControllerConfig, episode_key: str = "", chooser: Chooser | None = None
+    ) -> None:
         from energy_rerank_client.broker import ChunkBroker  # the light client's broker
 
         info = client.info()
-        self.client, self.config = client, config
+        self.client, self.config, self.chooser = client, config, chooser
         self.cameras: tuple[str, ...] = tuple(info.cameras)
         self.state_dim, self.lowdim_dim = int(info.state_dim), int(info.lowdim_dim)
         self.log = RequestLog()
@@ -70,6 +81,8 @@ class ServedController:
         kwargs = self._select_kwargs(obs)
         if self.config.switch_margin is not None:
             kwargs["switch_margin"] = self.config.switch_margin
+        if self.chooser is not None:
+            kwargs["return_candidates"] = True
         seed = (self._seed_base + len(self.log.client_seconds)) % 2**31
         t0 = time.perf_counter()
         r = self.client.select(
@@ -82,9 +95,13 @@ class ServedController:
         self.log.client_seconds.append(time.perf_counter() - t0)
         self.log.server_seconds.append(r.timing.get("total", float("nan")))
         self.log.inference_seconds.append(r.timing.get("inference", float("nan")))
-        self.log.chosen.append(r.index)
         self.log.fallbacks += int(r.fallback)
-        return r.chunk  # [H, A]
+        if self.chooser is None or r.candidates is None:  # withheld (non-finite ones): the server's pick
+            self.log.chosen.append(r.index)
+            return r.chunk  # [H, A]
+        index = self.chooser(r.candidates, seed)
+        self.log.chosen.append(index)
+        return r.candidates[index]  # [H, A]
 
     def _select_kwargs(self, obs: Observation) -> dict[str, Any]:
         """Send only what the served policy reads; a width mismatch is a setup error, named here."""

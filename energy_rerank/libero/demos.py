@@ -1,9 +1,11 @@
 """Demonstrations from the real simulator: the scripted expert, successes only, standard HDF5.
 
-One file per task (`{suite}_task{id}.hdf5`), attempts walking through the suite's fixed init
-states in order, and a JSON summary with the expert's success rate per task:
+One file per task (`{suite}_task{id}.hdf5`), attempts walking through the chosen fixed init
+states in order (by default the protocol's training states 0-29, `libero.protocol`; past the last
+one they start over with new expert seeds), each file recording the init state of every demo, and
+a JSON summary with the expert's success rate per task:
 
-    energy-rerank libero demos --suite libero_object --tasks 0-9 --episodes 20 --out data/libero
+    energy-rerank libero demos --suite libero_object --tasks 0-9 --episodes 20 --init-states 0-29 --out data/libero
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from energy_rerank.libero.expert import ExpertConfig, PickPlaceExpert, pick_place_pair
+from energy_rerank.libero.protocol import INIT_STATES_ATTR, TRAIN_INIT_STATES
 from energy_rerank.libero.runner import run_episode
 from energy_rerank.libero.sim import LiberoSim, SimConfig
 from energy_rerank.rollouts.episode import Episode
@@ -31,10 +34,15 @@ class DemoConfig:
     suite: str = "libero_object"  # LIBERO suite
     task_ids: tuple[int, ...] = (0,)  # tasks of the suite; ones the expert cannot script are skipped
     episodes: int = 10  # successful episodes to keep per task
-    max_attempts: int = 50  # attempts per task before giving up (one per fixed init state)
+    max_attempts: int = 50  # attempts per task before giving up
+    init_states: tuple[int, ...] = TRAIN_INIT_STATES  # attempt i starts from init_states[i % K]
     image_size: int = 0  # 0 = low-dim only; 64-224 adds agentview_rgb and eye_in_hand_rgb
     seed: int = 0  # seeds the expert's jitter and noise (attempt i uses seed + i)
     expert: ExpertConfig = ExpertConfig()  # scripted expert knobs
+
+    def __post_init__(self) -> None:
+        if not self.init_states:
+            raise ValueError("init_states: need at least one init state")
 
 
 @dataclass(frozen=True)
@@ -72,16 +80,18 @@ def _task(cfg: DemoConfig, task_id: int, out: Path, overwrite: bool) -> TaskRepo
                 name, sim.instruction, 0, 0, 0.0, 0.0, 0.0, "", skipped="not a pick-and-place goal"
             )
         kept: list[Episode] = []
+        kept_inits: list[int] = []
         attempts = 0
         bar = tqdm(total=cfg.episodes, desc=name, unit="demo", leave=False)
         while len(kept) < cfg.episodes and attempts < cfg.max_attempts:
-            init = attempts % len(sim.init_states)
+            init = cfg.init_states[attempts % len(cfg.init_states)]
             expert = PickPlaceExpert(sim, cfg.expert, seed=cfg.seed + attempts)
             result = run_episode(sim, expert, init)
             attempts += 1
             if result.success and result.episode is not None:
                 result.episode.name = f"demo_{len(kept)}"
                 kept.append(result.episode)
+                kept_inits.append(init)
                 bar.update(1)
             bar.set_postfix(success=f"{len(kept)}/{attempts}")
         bar.close()
@@ -92,6 +102,7 @@ def _task(cfg: DemoConfig, task_id: int, out: Path, overwrite: bool) -> TaskRepo
                 "env_args": {"suite": cfg.suite, "task_id": task_id, "image_size": cfg.image_size},
                 "bddl_file_name": sim.bddl_file,
                 "generator": "energy-rerank scripted pick-and-place expert",
+                INIT_STATES_ATTR: kept_inits,  # demo_i started from init state kept_inits[i]
             }
             target = out / f"{cfg.suite}_task{task_id}.hdf5"
             path = str(write_hdf5(target, kept, attrs=attrs, overwrite=overwrite))

@@ -3,7 +3,7 @@
 Protocol: restore a fixed init state, WAIT_STEPS no-op steps (not recorded), then ask
 `chunk_fn(observation) -> chunk [H, 7]` for actions, execute the first `execute_steps` of
 each chunk, and stop at task success or the suite's max steps. The scripted expert, the
-offline policy and a client of the serving stack (issue 9) all plug in as `chunk_fn`.
+offline policy and a client of the serving stack all plug in as `chunk_fn`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,84 @@
+"""`energy-rerank libero takeover`: on-policy tools that need a running server and the simulator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from energy_rerank.cli import HelpFormatter
+
+
+def add_parsers(sub: Any) -> None:
+    """Register the on-policy actions under `energy-rerank libero`."""
+    from energy_rerank.libero.protocol import parse_init_states
+
+    p = sub.add_parser(
+        "takeover",
+        help="how often the scripted expert, taking over from the served policy's states, succeeds",
+        description=(
+            "The check that expert labels of on-policy states are worth learning from. For each task and "
+            "init state the served policy (N = 1, through the server at --server) runs one episode; every "
+            "--every-th state it visits is restored in a scratch simulator and the scripted expert, its "
+            "phase read from that state, takes over with the suite's full step budget. Prints the success "
+            "rate of the take-overs per task and overall (Wilson 95%) and writes takeover.json (per task, per "
+            "inferred phase, every take-over) to --out. Start the server first, e.g. "
+            "`energy-rerank serve --policy P --energy E`."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
+    p.add_argument("--suite", default="libero_object", help="LIBERO suite")
+    p.add_argument("--tasks", default="0-9", help="task ids: '0-9', '0,3,5' or '2'")
+    p.add_argument(
+        "--init-states",
+        type=parse_init_states,
+        default=(0, 1, 2),
+        help="init states of the policy's episodes",
+    )
+    p.add_argument("--every", type=int, default=40, help="take over at visited steps every, 2 x every, ...")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="expert's budget per take-over (default: the suite's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="base of the policy episodes' request seeds")
+    p.add_argument("--token", default=None, help="bearer token if the server requires one")
+    p.add_argument("--out", required=True, help="output directory for takeover.json")
+    p.set_defaults(func=_takeover)
+
+
+def _takeover(args: argparse.Namespace) -> int:
+    from energy_rerank.libero.cli import parse_tasks
+    from energy_rerank.libero.takeover import TakeoverConfig, run_takeover_check, write_takeover_report
+    from energy_rerank_client import RerankClient
+
+    try:
+        cfg = TakeoverConfig(
+            suite=args.suite,
+            tasks=parse_tasks(args.tasks),
+            init_states=tuple(args.init_states),
+            every=args.every,
+            max_steps=args.max_steps,
+            seed=args.seed,
+        )
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise SystemExit(f"libero takeover: {e}") from None
+    with RerankClient(args.server, token=args.token, timeout=30.0) as client:
+        report = run_takeover_check(client, cfg)
+    path = write_takeover_report(report, args.out)
+
+    def line(r: dict[str, Any]) -> str:
+        return f"{r['successes']}/{r['takeovers']}"
+
+    print(
+        json.dumps(
+            {
+                "overall": line(report["overall"]),
+                "per_task": {t: line(r) for t, r in report["per_task"].items()},
+                "per_phase": {p: line(r) for p, r in report["per_phase"].items()},
+                "from_failed_policy_episodes": line(report["from_failed_policy_episodes"]),
+                "written": str(path),
+            },
+            indent=1,
+        )
+    )
+    return 0
