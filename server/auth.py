@@ -8,7 +8,7 @@ clear text: use TLS whenever the server binds beyond loopback.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -17,7 +17,7 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str, on_reject: Callable[[grpc.StatusCode], None] = lambda code: None) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
         self._on_reject = on_reject
 
     async def intercept_service(
@@ -38,10 +38,18 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         values = [v for k, v in metadata if k == "authorization"]
         if not values:
             return "missing 'authorization: Bearer <token>' metadata"
-        got = values[0].encode() if isinstance(values[0], str) else values[0]
-        if not hmac.compare_digest(got, self._expected):
-            return "wrong bearer token"
-        return None
+        return authorization_problem(values[0], self._token)
+
+
+def authorization_problem(value: str | bytes, token: str, schemes: Sequence[str] = ("Bearer",)) -> str | None:
+    """What is wrong with one authorization value (`<scheme> <token>`), or None when it carries
+    the token; compared in constant time. The websocket and HTTP front ends also accept openpi's
+    `Api-Key` scheme."""
+    got = value.encode() if isinstance(value, str) else bytes(value)
+    ok = False
+    for scheme in schemes:  # every scheme compared, so the time does not say which one was close
+        ok |= hmac.compare_digest(got, f"{scheme} {token}".encode())
+    return None if ok else f"wrong {' or '.join(s.lower() for s in schemes)} token"
 
 
 def _rejecting(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

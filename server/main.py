@@ -40,6 +40,8 @@ async def serve(config: ServerConfig) -> None:
     )
     print(f"energy-rerank: listening on {server.address} ({scheme}, auth {'on' if config.auth_token else 'off'})",
           flush=True)  # fmt: skip
+    for front_end in server.front_ends:
+        print(f"energy-rerank: {front_end.core.protocol} protocol at {front_end.url}", flush=True)
     if server.metrics_port is not None:
         print(
             f"energy-rerank: metrics at http://{config.metrics_address}:{server.metrics_port}/metrics",

@@ -4,6 +4,9 @@ Each server owns a `CollectorRegistry`, so several servers (tests, replicas in o
 never share counters. Latency buckets are fitted to a robot's control budget: a 20-50 Hz
 controller has 20-50 ms per step, so the buckets resolve 0.1 ms to 50 ms finely and only then
 widen (the client library's defaults start at 5 ms, too coarse for this).
+
+Requests, stage times and errors carry a `protocol` label: "grpc", or the front end that received
+the request ("openpi" websocket, "oft" HTTP); everything else is about the one model they share.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class Metrics:
         r, ns = self.registry, NAMESPACE
         self.stage_seconds = Histogram(
             "stage_seconds", "Time spent per request in each stage (see Timing in the proto).",
-            ["method", "stage"], namespace=ns, buckets=LATENCY_BUCKETS, registry=r,
+            ["method", "stage", "protocol"], namespace=ns, buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.batch_size = Histogram(
             "batch_size", "Requests scored together in one reranker call.",
@@ -47,7 +50,7 @@ class Metrics:
             namespace=ns, buckets=MARGIN_BUCKETS, registry=r,
         )  # fmt: skip
         self.requests = Counter(
-            "requests", "Answered requests by method.", ["method"], namespace=ns, registry=r
+            "requests", "Answered requests by method and protocol.", ["method", "protocol"], namespace=ns, registry=r
         )
         self.fallbacks = Counter(
             "fallbacks", "Requests answered with the policy's own chunk because scoring failed.",
@@ -72,8 +75,8 @@ class Metrics:
         )  # fmt: skip
         self.switch_rate_live.set(float("nan"))
         self.switch_rate_expected.set(float("nan"))
-        self.errors = Counter("errors", "Requests answered with an error, by gRPC status code.", ["code"],
-                              namespace=ns, registry=r)  # fmt: skip
+        self.errors = Counter("errors", "Requests answered with an error, by gRPC status code and protocol.",
+                              ["code", "protocol"], namespace=ns, registry=r)  # fmt: skip
         self.dropped = Counter(
             "dropped", "Queued requests dropped before reaching the model, by reason (deadline, cancelled).",
             ["reason"], namespace=ns, registry=r,
@@ -82,9 +85,12 @@ class Metrics:
                                namespace=ns, registry=r)  # fmt: skip
         self._http: WSGIServer | None = None
 
-    def observe_stages(self, method: str, seconds: dict[str, float]) -> None:
+    def observe_stages(self, method: str, seconds: dict[str, float], protocol: str = "grpc") -> None:
         for stage, s in seconds.items():
-            self.stage_seconds.labels(method=method, stage=stage).observe(s)
+            self.stage_seconds.labels(method=method, stage=stage, protocol=protocol).observe(s)
+
+    def count_request(self, method: str, protocol: str = "grpc") -> None:
+        self.requests.labels(method=method, protocol=protocol).inc()
 
     def observe_energies(self, energies: list[float] | tuple[float, ...]) -> None:
         self.candidates.observe(len(energies))
@@ -92,8 +98,8 @@ class Metrics:
             lo, second = sorted(energies)[:2]
             self.energy_margin.observe(second - lo)
 
-    def count_error(self, code: object) -> None:
-        self.errors.labels(code=getattr(code, "name", str(code))).inc()
+    def count_error(self, code: object, protocol: str = "grpc") -> None:
+        self.errors.labels(code=getattr(code, "name", str(code)), protocol=protocol).inc()
 
     def serve(self, port: int, address: str = "127.0.0.1") -> int:
         """Start the HTTP exporter in a daemon thread; returns the bound port (port 0 = any free)."""

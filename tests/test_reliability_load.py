@@ -66,7 +66,7 @@ async def one_client(address: str, k: int, statuses: collections.Counter, latenc
 def served_requests(metrics_url: str) -> float:
     with urllib.request.urlopen(metrics_url, timeout=10) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith('energy_rerank_requests_total{method="SelectAction"}'):
+            if line.startswith('energy_rerank_requests_total{method="SelectAction",protocol="grpc"}'):
                 return float(line.split()[-1])
     return 0.0
 

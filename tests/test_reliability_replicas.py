@@ -40,7 +40,7 @@ def observation(seed: int) -> dict:
 def served(srv: ServerProcess) -> float:
     with urllib.request.urlopen(srv.metrics_url, timeout=10) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith('energy_rerank_requests_total{method="SelectAction"}'):
+            if line.startswith('energy_rerank_requests_total{method="SelectAction",protocol="grpc"}'):
                 return float(line.split()[-1])
     return 0.0
 
@@ -170,7 +170,7 @@ def test_round_robin_skips_a_replica_that_is_not_serving(tmp_path):
     reranker = load_reranker(ServerConfig(policy_path=policy_dir, energy_path=energy_dir, backend="torch"))
 
     def count(srv) -> float:
-        return srv.server.metrics.requests.labels(method="SelectAction")._value.get()
+        return srv.server.metrics.requests.labels(method="SelectAction", protocol="grpc")._value.get()
 
     def set_health(srv, status) -> None:
         srv.run(srv.server.health.set(SERVICE_NAME, status))
