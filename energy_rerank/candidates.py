@@ -1,11 +1,12 @@
 """CandidateSampler: a policy's Proposals -> N candidate chunks [B, N, H, A] (normalised units).
 
-Order of the candidates of one observation ("layer actions plus noise"):
-  0            the base chunk (the policy's own, last layer)
-  1 .. K       layer chunks, `config.layers` in that order (default: all but the last, latest first)
-  K+1 .. N-1   Gaussian perturbations: candidate j (counted from the first noise candidate) uses
+Order of the candidates of one observation ("policy draws, layer actions, then noise"):
+  0            the base chunk (the policy's own: last layer, or a sampling policy's draw 0)
+  1 .. M-1     a sampling policy's other draws (`Proposals.draws`; M = 1 for other policies)
+  M .. M+K-1   layer chunks, `config.layers` in that order (default: all but the last, latest first)
+  M+K .. N-1   Gaussian perturbations: candidate j (counted from the first noise candidate) uses
                sigma = sigmas[j % len(sigmas)] * sigma_scale * dim_sigmas, around the base
-               (or, with perturb_layers, around chunk (j // len(sigmas)) % (K+1) of the above).
+               (or, with perturb_layers, around chunk (j // len(sigmas)) % (M+K) of the above).
                A share `offset_share` of the variance is one offset per dim for the whole chunk,
                the rest is i.i.d. per step: a policy's errors are mostly consistent over a chunk
                (heading for the wrong place), and i.i.d. noise in H * A dims almost never undoes them.
@@ -23,7 +24,8 @@ Two properties the reranker relies on:
   together never changes anyone's candidates;
 - prefix: sample(p, n)[:, :k] == sample(p, k) for the same seeds. Noise is drawn from a
   per-row generator in fixed blocks of BLOCK candidates, so drawing more never reorders the
-  first draws. The reranker samples max N of a batch once and slices per request.
+  first draws (a sampling policy's draws are prefix-stable too). The reranker samples max N of
+  a batch once and slices per request.
 sigma_scale 0 turns noise candidates into copies of their source chunk (plus gripper variants).
 """
 
@@ -60,6 +62,7 @@ class SamplerConfig:
     max_candidates: int = MAX_CANDIDATES  # largest N accepted (at most MAX_CANDIDATES)
     dim_sigmas: tuple[float, ...] | None = None  # per-dim multiplier of sigma ([A]; None = 1 everywhere)
     offset_share: float = 0.75  # share of the noise variance that is one offset per dim for all H steps
+    draws: int = MAX_CANDIDATES  # most of a sampling policy's own draws among N (the rest: layers, noise)
 
     def __post_init__(self) -> None:
         if not self.sigmas or any(not (math.isfinite(s) and s >= 0) for s in self.sigmas):
@@ -74,6 +77,8 @@ class SamplerConfig:
             raise ValueError(f"offset_share must be in [0, 1], got {self.offset_share}")
         if self.dim_sigmas is not None and any(not (math.isfinite(s) and s >= 0) for s in self.dim_sigmas):
             raise ValueError(f"dim_sigmas must be finite values >= 0, got {self.dim_sigmas}")
+        if not 1 <= self.draws <= MAX_CANDIDATES:
+            raise ValueError(f"draws must be in [1, {MAX_CANDIDATES}], got {self.draws}")
 
 
 class CandidateSampler:
@@ -152,17 +157,19 @@ class CandidateSampler:
             raise ValueError(f"proposals have action dim {a}, the sampler's bounds have {self.low.numel()}")
         base = proposals.base.detach().float().cpu()  # [B, H, A]
         layers = proposals.layer_actions.detach().float().cpu()  # [B, L, H, A]
+        draws = base[:, None] if proposals.draws is None else proposals.draws.detach().float().cpu()  # [B, M, H, A]
         index = self._layer_indices(layers.shape[1])
         seed_values = [secrets.randbits(63) if s is None else int(s) for s in seeds]
-        rows = [self._row(base[i], layers[i], index, n, seed_values[i], scales[i]) for i in range(b)]
+        rows = [self._row(draws[i], layers[i], index, n, seed_values[i], scales[i]) for i in range(b)]
         return torch.stack(rows).to(proposals.base.device)  # [B, N, H, A]
 
     def _row(
-        self, base: torch.Tensor, layers: torch.Tensor, index: list[int], n: int, seed: int, scale: float
+        self, draws: torch.Tensor, layers: torch.Tensor, index: list[int], n: int, seed: int, scale: float
     ) -> torch.Tensor:
-        """One observation: base [H, A], layers [L, H, A] -> [n, H, A]."""
+        """One observation: draws [M, H, A] (draw 0 = base), layers [L, H, A] -> [n, H, A]."""
         g = list(self.config.gripper_dims)
-        fixed = torch.cat([base[None], layers[index]])  # [K+1, H, A]
+        base = draws[0]  # [H, A]
+        fixed = torch.cat([draws[: self.config.draws], layers[index]])  # [M+K, H, A]
         k = min(n, fixed.shape[0])
         m = n - k  # noise candidates
         if m == 0:

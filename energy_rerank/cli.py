@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "energy_rerank.scoring.cli",  # export
     "energy_rerank.evaluation.cli",  # eval offline, eval libero
     "energy_rerank.libero.cli",  # libero demos
+    "energy_rerank.policy.bundle_cli",  # policy-bundle pi0, policy-bundle image-vla
 )
 
 

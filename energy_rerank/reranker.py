@@ -13,6 +13,7 @@ the policy's chunk). `energy-rerank eval offline` measures the margin a head nee
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch
 from energy_rerank.candidates import CandidateSampler
 from energy_rerank.checkpoint import SwitchExpectation
 from energy_rerank.normalize import NormStats
-from energy_rerank.policy.base import Observation, Proposals, Proposer
+from energy_rerank.policy.base import Observation, Proposals, Proposer, propose_with_draws
 from energy_rerank.scoring import Scorer
 from energy_rerank.selection import SelectionRule, check_switch_margin, choose, robot_bounds, to_robot
 
@@ -99,20 +100,27 @@ class Reranker:
             if p.switch_margin is not None:
                 check_switch_margin(p.switch_margin, "switch_margin")
         t0 = time.perf_counter()
+        n_max = max(p.num_candidates for p in params)
+        # One seed per request feeds both the policy's own draws (a sampling policy) and the noise.
+        seeds = [secrets.randbits(63) if p.seed is None else p.seed for p in params]
         try:
-            proposals = self.proposer.propose(observations)
+            proposals = propose_with_draws(
+                self.proposer, observations, min(n_max, self.sampler.config.draws), seeds
+            )
         except Exception as e:
             raise PolicyFailure(f"policy failed: {e}") from e
         # Checked before the sampler, whose clipping would turn an Inf into a saturated action.
         if not bool(torch.isfinite(proposals.base).all()):
             raise PolicyFailure("policy produced a non-finite chunk")
-        broken = (~torch.isfinite(proposals.layer_actions)).flatten(1).any(1).tolist()  # [B] bad alternatives
+        alternatives = [proposals.layer_actions.flatten(1)]
+        if proposals.draws is not None:
+            alternatives.append(proposals.draws.flatten(1))
+        broken = (~torch.isfinite(torch.cat(alternatives, 1))).any(1).tolist()  # [B] bad alternatives
         t1 = time.perf_counter()
-        n_max = max(p.num_candidates for p in params)
         candidates = self.sampler.sample(
             proposals,
             num_candidates=n_max,
-            seeds=[p.seed for p in params],
+            seeds=seeds,
             sigma_scales=[p.sigma_scale for p in params],
         )  # [B, n_max, H, A] normalised
         t2 = time.perf_counter()
@@ -121,7 +129,7 @@ class Reranker:
         timing = {"policy": t1 - t0, "candidates": t2 - t1, "score": t3 - t2}
         out = [
             self._finish(
-                i, p, proposals, candidates, None, "policy produced non-finite layer chunks", timing, False
+                i, p, proposals, candidates, None, "policy produced non-finite alternative chunks (layers or draws)", timing, False
             )
             if broken[i]
             else self._finish(i, p, proposals, candidates, energies, reason, timing)

@@ -80,10 +80,13 @@ def proposer_features(proposer: Proposer, windows: Windows, batch_size: int = 64
         expert = torch.from_numpy(windows.chunks[start : idx.stop]).float()  # [B, H, A] robot units
         if proposer.stats is not None:
             expert = proposer.stats.normalize_actions(expert)
+        # A sampling policy's draws are cached where layer chunks go, last = draw 0 = base, so the
+        # trainer's layer negatives and sampler candidates are its draws in the order served.
+        alternatives = p.layer_actions if p.draws is None else torch.cat([p.layer_actions, p.draws.flip(1)], 1)
         yield FeatureBatch(
             context=p.context.detach().cpu().float(),
             valid=p.valid.detach().cpu(),
-            layer_actions=p.layer_actions.detach().cpu().float(),
+            layer_actions=alternatives.detach().cpu().float(),
             base=p.base.detach().cpu().float(),
             expert=expert,
         )

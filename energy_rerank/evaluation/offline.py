@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from energy_rerank.candidates import CandidateSampler
-from energy_rerank.policy.base import Proposer
+from energy_rerank.policy.base import Proposer, propose_with_draws
 from energy_rerank.policy.windows import Windows
 from energy_rerank.scoring import Scorer
 from energy_rerank.selection import choose, robot_bounds, to_robot
@@ -152,12 +152,13 @@ def _scored_batches(
     for start in tqdm(range(0, len(windows), config.batch), desc="eval offline", unit="batch"):
         idx = np.arange(start, min(start + config.batch, len(windows)))
         obs = [windows.observations[i] for i in idx]
+        seeds = [config.seed + int(i) for i in idx]
         with torch.no_grad():
-            proposals = proposer.propose(obs)
+            proposals = propose_with_draws(proposer, obs, min(n, sampler.config.draws), seeds)
             cands = sampler.sample(
                 proposals,
                 n,
-                seeds=[config.seed + int(i) for i in idx],
+                seeds=seeds,
                 sigma_scales=[config.sigma_scale] * len(idx),
             )  # [B, n, H, A] normalised
             scored = cands

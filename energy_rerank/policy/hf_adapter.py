@@ -4,9 +4,12 @@ Any model that `transformers.AutoModel.from_pretrained(dir, local_files_only=Tru
 that returns `hidden_states` when called with `output_hidden_states=True` can serve, given:
 - an action head (an MLPResNet, OpenVLA-OFT style, stored in the bundle's model.safetensors);
 - a description of where the action tokens sit (`ActionTokens`): the prompt is followed by
-  `count` placeholder tokens whose hidden states the head reads, then `trailing` tokens
-  (e.g. OpenVLA-OFT's EOS). With `tokens_per_step` = k > 1 the k tokens of one chunk step are
-  concatenated before the head (OFT: one token per action dim, head input A * D).
+  `count` placeholder tokens, then `trailing` tokens (e.g. OpenVLA-OFT's EOS). The head reads
+  the hidden states one position left of the placeholders, as OpenVLA-OFT does: the last prompt
+  token and every placeholder but the last (a causal LM's state at t predicts token t + 1, and
+  OFT trains and runs its L1 head on that shift; `action_token_states`). With
+  `tokens_per_step` = k > 1 the k states of one chunk step are concatenated before the head
+  (OFT: one token per action dim, head input A * D).
 
 Inputs: the instruction through `prompt` (and, with `state_in_prompt`, the low-dim/proprio
 state written as numbers), tokenised by the checkpoint's own tokenizer ("auto") or the
@@ -84,6 +87,35 @@ class HFAdapterConfig:
             raise ValueError("prompt must contain '{instruction}'")
         if any(not 0 <= d < self.action_dim for d in self.gripper_dims):
             raise ValueError(f"gripper_dims {self.gripper_dims} must lie in [0, {self.action_dim})")
+
+
+def action_token_states(hidden: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """hidden [B, S, D], placeholders at [first, first + count) -> the [B, count, D] states an
+    OpenVLA-OFT head reads: one position left, from the last prompt token on."""
+    if first < 1:
+        raise ValueError(f"the action tokens start at position {first}; at least one prompt token must precede them")
+    return hidden[:, first - 1 : first - 1 + count]
+
+
+def prompt_text(prompt: str, state_in_prompt: bool, obs: Observation, index: int) -> str:
+    """The instruction in its prompt (and, with state_in_prompt, "state: v0 v1 ...": lowdim then proprio)."""
+    text = prompt.format(instruction=obs.instruction.strip().lower().rstrip("."))
+    if state_in_prompt:
+        parts = [np.asarray(v, np.float32).reshape(-1) for v in (obs.lowdim, obs.state) if v is not None]
+        if not parts:
+            raise ValueError(f"observation {index}: state_in_prompt needs lowdim or state, both are empty")
+        text += " state: " + " ".join(f"{x:.3f}" for x in np.concatenate(parts))
+    return text
+
+
+def resolve_checkpoint(bundle: Path, reference: str) -> Path:
+    """A bundle's pointer to a transformers directory (relative to the bundle, or absolute), checked."""
+    directory = Path(reference)
+    if not directory.is_absolute():
+        directory = (bundle / directory).resolve()
+    if not (directory / "config.json").is_file():
+        raise BundleError(f"{bundle}: backbone directory {directory} holds no transformers config.json")
+    return directory
 
 
 def build_head(config: HFAdapterConfig) -> MLPResNet:
@@ -171,14 +203,7 @@ class HFAdapter(nn.Module):
 
     def _prompt_ids(self, obs: Observation, index: int) -> list[int]:
         c = self.config
-        text = c.prompt.format(instruction=obs.instruction.strip().lower().rstrip("."))
-        if c.state_in_prompt:
-            parts = [np.asarray(v, np.float32).reshape(-1) for v in (obs.lowdim, obs.state) if v is not None]
-            if not parts:
-                raise ValueError(
-                    f"observation {index}: state_in_prompt needs lowdim or state, both are empty"
-                )
-            text += " state: " + " ".join(f"{x:.3f}" for x in np.concatenate(parts))
+        text = prompt_text(c.prompt, c.state_in_prompt, obs, index)
         if c.tokenizer == "byte":
             ids = [BOS_ID, *text.encode("utf-8"), EOS_ID]
         else:
@@ -210,7 +235,7 @@ class HFAdapter(nn.Module):
                 )
             start = s - t.trailing - t.count  # first action token
             per_layer = torch.stack(
-                [h[:, start : start + t.count] for h in hidden[1:]], 1
+                [action_token_states(h, start, t.count) for h in hidden[1:]], 1
             )  # [B, L, count, D]
             steps = per_layer.reshape(
                 b, per_layer.shape[1], c.chunk_len, t.tokens_per_step * d
@@ -241,11 +266,7 @@ class HFAdapter(nn.Module):
 
         head, stats = load_bundle(path, KIND, HFAdapterConfig, build, map_location=device)
         config = config_box[0]
-        backbone_dir = Path(config.backbone)
-        if not backbone_dir.is_absolute():
-            backbone_dir = (path / backbone_dir).resolve()
-        if not (backbone_dir / "config.json").is_file():
-            raise BundleError(f"{path}: backbone directory {backbone_dir} holds no transformers config.json")
+        backbone_dir = resolve_checkpoint(path, config.backbone)
         backbone = AutoModel.from_pretrained(str(backbone_dir), local_files_only=True).to(device)
         tokenizer = None
         if config.tokenizer == "auto":

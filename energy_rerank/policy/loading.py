@@ -1,7 +1,10 @@
 """`load_policy(path)`: any policy bundle directory -> a Proposer, by the bundle's `kind`.
 
-Kinds: "reference_policy" (ReferenceVLA, written by `energy-rerank train-policy`) and
-"hf_adapter" (HFAdapter: a local transformers checkpoint + an action head).
+Kinds: "reference_policy" (ReferenceVLA, written by `energy-rerank train-policy`),
+"hf_adapter" (HFAdapter: a local text transformers checkpoint + an action head), "pi0"
+(PI0Proposer: a local transformers pi0, candidates drawn by flow matching) and "image_vla"
+(ImageVLA: a local image-text checkpoint + an L1 action head, read the OpenVLA-OFT way).
+`energy-rerank policy-bundle` writes the last two from a checkpoint directory.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 from energy_rerank.checkpoint import BundleError, read_bundle_meta
 from energy_rerank.policy.base import Proposer
 
-POLICY_KINDS = ("reference_policy", "hf_adapter")
+POLICY_KINDS = ("reference_policy", "hf_adapter", "pi0", "image_vla")
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Proposer:
@@ -27,4 +30,12 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Propose
         from energy_rerank.policy.hf_adapter import HFAdapter
 
         return HFAdapter.load(path, device)
+    if kind == "pi0":
+        from energy_rerank.policy.pi0 import PI0Proposer
+
+        return PI0Proposer.load(path, device)
+    if kind == "image_vla":
+        from energy_rerank.policy.image_vla import ImageVLA
+
+        return ImageVLA.load(path, device)
     raise BundleError(f"{path}: bundle kind {kind!r} is not a policy; expected one of {POLICY_KINDS}")
