@@ -162,6 +162,17 @@ def test_selectors_paired_statistics_and_plots(tmp_path):
     assert swept == [(1, None, "head"), (8, None, "head"), (8, 2.0, "head"), (8, None, "oracle")]
 
 
+def test_parallel_jobs_keep_tasks_together():
+    from energy_rerank.evaluation.closed_loop import jobs_for_workers
+
+    units = [(t, (1, None, "head"), p, 30 + p) for t in (0, 1, 2) for p in range(4)]
+    jobs = jobs_for_workers(units, 2)
+    assert [sorted({u[0] for u in job}) for job in jobs] == [[0], [1], [2]]  # each task's sims built once
+    few = jobs_for_workers(units[:4], 2)  # one task, two workers: its episodes split between them
+    assert [[u[3] for u in job] for job in few] == [[30, 32], [31, 33]]
+    assert sorted(u for job in jobs_for_workers(units, 5) for u in job) == sorted(units)
+
+
 def test_held_out_init_states_are_refused_where_files_record_them(tmp_path):
     """`libero demos` files record their demos' init states; eval refuses to run on those."""
     import argparse

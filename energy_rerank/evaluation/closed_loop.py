@@ -275,13 +275,28 @@ def _worker_start(connect: Callable[[], Any], config: ClosedLoopConfig) -> None:
     _WORKER.update(client=connect(), config=config, sims=None)
 
 
-def _worker_episode(task: int, setting: Setting, position: int, init: int) -> dict[str, Any]:
-    sims = _WORKER["sims"]
-    if sims is None or sims.task != task:
-        if sims is not None:
-            sims.close()
-        sims = _WORKER["sims"] = _TaskSims(_WORKER["config"], task)
-    return _episode(_WORKER["client"], sims, _WORKER["config"], setting, position, init)
+def _worker_episodes(units: list[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for task, setting, position, init in units:
+        sims = _WORKER["sims"]
+        if sims is None or sims.task != task:
+            if sims is not None:
+                sims.close()
+            sims = _WORKER["sims"] = _TaskSims(_WORKER["config"], task)
+        rows.append(_episode(_WORKER["client"], sims, _WORKER["config"], setting, position, init))
+    return rows
+
+
+def jobs_for_workers(units: list[Any], workers: int) -> list[list[Any]]:
+    """Whole tasks per job, so that each task's simulators are built once (3-4 s each); with fewer
+    tasks than workers, each task's episodes are split into about workers / tasks interleaved jobs."""
+    tasks = list(dict.fromkeys(u[0] for u in units))
+    per_task = max(1, -(-workers // len(tasks)))  # ceil
+    jobs = []
+    for task in tasks:
+        mine = [u for u in units if u[0] == task]
+        jobs += [job for job in (mine[k::per_task] for k in range(per_task)) if job]
+    return jobs
 
 
 def _run_parallel(
@@ -297,10 +312,11 @@ def _run_parallel(
     with ProcessPoolExecutor(
         config.workers, mp_context=ctx, initializer=_worker_start, initargs=(connect, config)
     ) as pool:
-        futures = [pool.submit(_worker_episode, *unit) for unit in units]  # taken in order: tasks stay together
+        futures = [pool.submit(_worker_episodes, job) for job in jobs_for_workers(units, config.workers)]
         try:
             for future in as_completed(futures):
-                finished(future.result())
+                for row in future.result():
+                    finished(row)
         except BaseException:
             for future in futures:
                 future.cancel()
