@@ -65,12 +65,13 @@ def to_request(obs: Any, keys: ObservationKeys, desc: PolicyDescription) -> pb.S
     if not isinstance(obs, Mapping):
         raise InvalidInput("observation", f"must be a map of key -> value, got {type(obs).__name__}")
     o = pb.Observation(instruction=_text(obs.get(keys.instruction, ""), keys.instruction))
-    if len(desc.cameras) > len(keys.cameras):
-        raise InvalidInput(
-            "observation", f"the policy reads {len(desc.cameras)} cameras {list(desc.cameras)}, the key map "
-            f"names {len(keys.cameras)}: {list(keys.cameras)}",
-        )  # fmt: skip
-    for camera, key in zip(desc.cameras, keys.cameras, strict=False):
+    for i, camera in enumerate(desc.cameras):
+        if i >= len(keys.cameras):
+            raise InvalidInput(
+                "observation", f"no image for the policy's camera {camera!r} ({i + 1} of {list(desc.cameras)}); "
+                f"images are read from {list(keys.cameras)}",
+            )  # fmt: skip
+        key = keys.cameras[i]
         o.images[camera].CopyFrom(_image(_required(obs, key, f"camera {camera!r}, uint8 [h, w, 3]"), key))
     if desc.state_dim:
         o.state.CopyFrom(_vector(_required(obs, keys.state, f"float [{desc.state_dim}]"), keys.state))

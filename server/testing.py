@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # imported where a server is built: the bundle helpers need n
 
 TINY_CAMERA = "agentview"
 TINY_LOWDIM = 25  # the synthetic task's low-dim state with 3 targets (7 proprio + 3 x 6 poses)
+LIBERO_CAMERAS = ("agentview", "eye_in_hand")  # the cameras rollouts/windows.py names LIBERO's images
 
 
 def embedded_default_present() -> bool:
@@ -45,18 +46,22 @@ def write_tiny_bundles(
     seed: int = 0,
     cameras: tuple[str, ...] = (TINY_CAMERA,),
     lowdim_dim: int = TINY_LOWDIM,
+    state_dim: int = 0,
 ) -> tuple[Path, Path]:
-    """A tiny reference policy (by default one 32x32 camera + the synthetic low-dim state) and a
-    matching energy head with random weights, written with the models' own save methods.
+    """A tiny reference policy (by default one 32x32 camera + the synthetic low-dim state; e.g.
+    LIBERO's two cameras + 8-D state with `cameras=LIBERO_CAMERAS, lowdim_dim=0, state_dim=8`) and
+    a matching energy head with random weights, written with the models' own save methods.
     -> (policy_dir, energy_dir)."""
     directory = Path(directory)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    config = ReferenceConfig.preset("tiny", cameras=cameras, lowdim_dim=lowdim_dim, num_layers=2)
+    config = ReferenceConfig.preset(
+        "tiny", cameras=cameras, lowdim_dim=lowdim_dim, state_dim=state_dim, num_layers=2
+    )
     actions = rng.uniform(-1, 1, size=(256, config.action_dim)).astype(np.float32)
     actions[:, 6] = np.sign(actions[:, 6])  # the gripper is binary
     stats = NormStats.from_data(
-        actions, rng.normal(size=(256, lowdim_dim)).astype(np.float32), binary_dims=(6,)
+        actions, rng.normal(size=(256, lowdim_dim + state_dim)).astype(np.float32), binary_dims=(6,)
     )
     policy = ReferenceVLA(config, stats).eval()
     energy = EnergyModel(
