@@ -3,14 +3,15 @@
 A data spec is one of
   PATH.hdf5                       LIBERO robomimic-style episodes (scripted demos, on-policy rollouts)
   PATH.parquet                    LeRobot parquet episodes (openpi's LIBERO conversion)
-  DIR                             every .hdf5 / .parquet file directly inside DIR, sorted
+  DIR                             a LeRobot v3 dataset (meta/info.json, data/chunk-*/file-*.parquet),
+                                  or else every .hdf5 / .parquet file directly inside DIR, sorted
   synthetic:episodes=200,seed=1   the built-in synthetic task (keys: episodes, seed, image_size)
 and every command that reads data (`train-policy`, `cache-features`, `eval offline`) takes a list
 of them. Every source reduces to `Windows` (observation at t, expert chunk a[t:t+H]) plus a task
 label per window, so a policy's features are cached the same way whatever the source.
 
 `demos` picks demo_i of every HDF5 file (e.g. held-out demonstrations); it does not apply to
-parquet or synthetic sources. Windows are ordered source by source, episode by episode, so a
+parquet, LeRobot v3 or synthetic sources. Windows are ordered source by source, episode by episode, so a
 contiguous share of episodes is a contiguous share of windows (`episode_share`).
 """
 
@@ -61,7 +62,11 @@ def parse_synthetic(spec: str) -> dict[str, int]:
 
 def expand_paths(spec: str) -> list[str]:
     """A file spec -> [the file]; a directory -> its rollout files, sorted. Missing paths are errors."""
+    from energy_rerank.rollouts.lerobot_v3 import is_lerobot_v3  # pyarrow: only when files are read
+
     p = Path(spec)
+    if p.is_dir() and is_lerobot_v3(p):
+        return [str(p)]  # one dataset, read whole (energy_rerank.rollouts.lerobot_v3)
     if p.is_dir():
         files = sorted(str(f) for f in p.iterdir() if f.suffix in FILE_SUFFIXES)
         if not files:

@@ -56,7 +56,7 @@ def read_lerobot_parquet(
         if load_images:
             for col in IMAGE_COLUMNS:
                 if col in ep_rows[0]:
-                    obs[col] = np.stack([_decode_image(r[col]) for r in ep_rows])
+                    obs[col] = np.stack([decode_image_cell(r[col]) for r in ep_rows])
         first = ep_rows[0]
         text = first.get("task") or task_names.get(int(first.get("task_index", -1)), "")
         task = f"task_{first['task_index']}" if "task_index" in first else str(text)
@@ -71,7 +71,8 @@ def _stack(rows: list[dict[str, Any]], col: str, dim: int, name: str) -> np.ndar
     return arr
 
 
-def _decode_image(cell: Any) -> np.ndarray:
+def decode_image_cell(cell: Any) -> np.ndarray:
+    """A LeRobot image cell (PNG/JPEG bytes, or {"bytes": ..., "path": ...}) -> uint8 [h, w, 3]."""
     from PIL import Image  # only needed when images are asked for
 
     data = cell["bytes"] if isinstance(cell, dict) else cell

@@ -85,8 +85,10 @@ def _concat(obs: dict[str, np.ndarray], keys: Sequence[str], where: str) -> np.n
 def load_episodes(
     paths: Sequence[str], demos: Sequence[int] | None = None, images: bool = False
 ) -> list[Episode]:
-    """Episodes from LIBERO .hdf5 and LeRobot .parquet files; `demos` picks demo_i of every HDF5 file."""
+    """Episodes from LIBERO .hdf5 files, LeRobot .parquet files and LeRobot v3 dataset directories;
+    `demos` picks demo_i of every HDF5 file."""
     from energy_rerank.rollouts.hdf5 import IMAGE_OBS_KEYS, STANDARD_OBS_KEYS, iter_hdf5
+    from energy_rerank.rollouts.lerobot_v3 import is_lerobot_v3, read_lerobot_v3
     from energy_rerank.rollouts.parquet import read_lerobot_parquet
 
     wanted = None if demos is None else {f"demo_{i}" for i in demos}
@@ -95,6 +97,8 @@ def load_episodes(
     for path in map(str, paths):
         if path.endswith(".parquet"):
             episodes += read_lerobot_parquet([path], load_images=images)
+        elif is_lerobot_v3(path):  # a dataset directory
+            episodes += read_lerobot_v3(path, load_images=images)
         else:
             episodes += [e for e in iter_hdf5(path, obs_keys=keys) if wanted is None or e.name in wanted]
     if not episodes:
