@@ -26,6 +26,9 @@ from energy_rerank.policy.base import Observation
 
 POS_SCALE = 0.05  # OSC_POSE: action 1.0 moves the position target by 5 cm per control step
 ROT_SCALE = 0.5  # ... and the orientation target by 0.5 rad
+# The end-effector's rest orientation in every LIBERO init state (within ~0.1 rad): fingers pointing
+# down, the gripper's opening along the world y axis.
+DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ExpertConfig:
     """Knobs of the scripted expert."""
 
     gain: float = 12.0  # P gain: action = gain * error_in_m / (POS_SCALE * 20); 1.0 saturates at ~8 cm
+    rot_gain: float = 1.0  # orientation P gain: action = rot_gain * error_in_rad; 1.0 halves the error a step
     hover: float = 0.10  # m above the object's top for the approach
     carry_z: float = 0.28  # absolute height (m) of the lift and transport
     release_above: float = 0.06  # m above the target's top where the gripper opens
@@ -83,14 +87,22 @@ def body_aabb(sim: LiberoSim, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.min(lows, 0), np.max(highs, 0)
 
 
+def rotation_error(current: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """World-frame axis-angle [3] (rad) turning rotation `current` [3, 3] into `target` [3, 3]."""
+    from robosuite.utils.transform_utils import mat2quat, quat2axisangle
+
+    return np.asarray(quat2axisangle(mat2quat(target @ current.T)), np.float64)
+
+
 def holds(sim: LiberoSim, obj: str, ee: np.ndarray) -> bool:
     """The object sits between the fingers: they are closed on something and the object's centre is
-    at the fingertips (the recorded grasps keep it within ~1.5 cm of the end-effector site)."""
+    at the fingertips (the recorded grasps keep it within ~1.5 cm of the end-effector site; 5 cm
+    sideways allows for long objects held off-centre)."""
     gap, _ = sim.finger_gap()
     lo, hi = body_aabb(sim, obj)
     offset = (lo + hi) / 2 - ee  # [3]
     return bool(
-        EMPTY_GAP < gap < OPEN_GAP and np.linalg.norm(offset[:2]) < 0.03 and -0.06 < offset[2] < 0.03
+        EMPTY_GAP < gap < OPEN_GAP and np.linalg.norm(offset[:2]) < 0.05 and -0.06 < offset[2] < 0.03
     )
 
 
@@ -174,6 +186,16 @@ class PickPlaceExpert:
         expert.phase = infer_phase(sim, ee_pos, config)
         return expert
 
+    def _recheck(self, ee: np.ndarray) -> None:
+        """Start over from the phase the world is in when the script's plan no longer holds: the
+        object slipped out of the hand while it was carried, or it was let go somewhere that does
+        not solve the task (then the arm goes back for it)."""
+        carrying = self.phase_name in ("lift", "carry", "lower")
+        if carrying and not holds(self.sim, self.obj, ee):
+            self.phase, self.count = infer_phase(self.sim, ee, self.cfg), 0
+        elif self.phase_name == "retreat" and self.count > self.cfg.release_steps and not self.sim.success():
+            self.phase, self.count = self.PHASES.index("approach"), 0
+
     @property
     def phase_name(self) -> str:
         return self.PHASES[min(self.phase, len(self.PHASES) - 1)]
@@ -188,7 +210,9 @@ class PickPlaceExpert:
         """Next 7-D action given the end-effector position (object geometry read from the simulator)."""
         ee = np.asarray(ee_pos, dtype=np.float64)
         grasp, place, top = waypoints(self.sim, self.obj, self.target, self.cfg, self.grasp_jitter, self.place_jitter)
-        name, cfg = self.phase_name, self.cfg
+        cfg = self.cfg
+        self._recheck(ee)
+        name = self.phase_name
         done: bool
         if name == "approach":
             goal, grip = np.r_[grasp[:2], top + cfg.hover], -1.0
@@ -218,7 +242,8 @@ class PickPlaceExpert:
         if done:
             self.phase, self.count = self.phase + 1, 0
         move = np.clip(cfg.gain * (goal - ee), -1.0, 1.0)
-        action = np.r_[move, 0.0, 0.0, 0.0, grip]
+        turn = np.clip(cfg.rot_gain * rotation_error(self.sim.ee_rotation(), DOWN), -1.0, 1.0)
+        action = np.r_[move, turn, grip]
         if cfg.action_noise > 0:  # no draw without noise: labels do not consume the episode's stream
             action[:6] += self.rng.normal(0.0, cfg.action_noise, size=6)
         return np.clip(action, -1.0, 1.0).astype(np.float32)

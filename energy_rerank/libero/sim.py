@@ -164,6 +164,11 @@ class LiberoSim:
     def gripper_command(self, value: np.ndarray) -> None:
         self.env.env.robots[0].gripper.current_action = np.array(value, dtype=np.float64)
 
+    def ee_rotation(self) -> np.ndarray:
+        """World rotation matrix [3, 3] of the end-effector site (what OSC_POSE's orientation deltas turn)."""
+        robot = self.env.env.robots[0]
+        return np.array(self.env.env.sim.data.site_xmat[robot.eef_site_id], np.float64).reshape(3, 3)
+
     def finger_gap(self) -> tuple[float, float]:
         """(gap between the fingers in m, its rate in m/s: > 0 opening) from the simulator state."""
         robot = self.env.env.robots[0]
