@@ -71,7 +71,9 @@ class ClosedLoopConfig:
         if self.episodes < 1 or not self.tasks or not self.ns or min(self.ns) < 1:
             raise ValueError(f"need episodes >= 1, some tasks and N >= 1; got {self}")
         if not self.margins or any(m is not None and not m >= 0 for m in self.margins):
-            raise ValueError(f"switch margins must be >= 0 (inf: never switch) or None (the server's); got {self.margins}")
+            raise ValueError(
+                f"switch margins must be >= 0 (inf: never switch) or None (the server's); got {self.margins}"
+            )
         bad = [s for s in self.selectors if s not in SELECTORS]
         if not self.selectors or bad or len(set(self.selectors)) < len(self.selectors):
             raise ValueError(f"selectors must be distinct ones of {SELECTORS}; got {self.selectors}")
@@ -80,7 +82,9 @@ class ClosedLoopConfig:
         if len(set(self.init_states)) < len(self.init_states) or any(
             not 0 <= i < NUM_INIT_STATES for i in self.init_states
         ):
-            raise ValueError(f"init_states must be distinct ones of 0..{NUM_INIT_STATES - 1}; got {self.init_states}")
+            raise ValueError(
+                f"init_states must be distinct ones of 0..{NUM_INIT_STATES - 1}; got {self.init_states}"
+            )
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if len(set(self.settings())) < len(self.settings()):
@@ -105,7 +109,7 @@ class ClosedLoopConfig:
 
 
 def setting_label(n: int, margin: float | None, selector: str = "head") -> str:
-    """"N=64", "N=64 M=1.5" (a setting that sends its own switch margin), "N=64 random", "N=64 oracle"."""
+    """ "N=64", "N=64 M=1.5" (a setting that sends its own switch margin), "N=64 random", "N=64 oracle"."""
     if selector != "head":
         return f"N={n} {selector}"
     return f"N={n}" if margin is None else f"N={n} M={margin:g}"
@@ -175,12 +179,20 @@ def run_closed_loop(
     def finished(row: dict[str, Any]) -> None:
         rows.append(row)
         bar.update()
-        mine = [r for r in rows if (r["n"], r["margin"], r["selector"]) == (row["n"], row["margin"], row["selector"])]
+        mine = [
+            r
+            for r in rows
+            if (r["n"], r["margin"], r["selector"]) == (row["n"], row["margin"], row["selector"])
+        ]
         label = setting_label(row["n"], row["margin"], row["selector"])
-        bar.set_postfix(task=row["task"], setting=label, success=f"{sum(r['success'] for r in mine)}/{len(mine)}")
+        bar.set_postfix(
+            task=row["task"], setting=label, success=f"{sum(r['success'] for r in mine)}/{len(mine)}"
+        )
         left[row["task"]] -= 1
         if on_task_done is not None and left[row["task"]] == 0:
-            on_task_done(summarize(_ordered(rows, units), config, time.perf_counter() - t0, done=False, server=server))
+            on_task_done(
+                summarize(_ordered(rows, units), config, time.perf_counter() - t0, done=False, server=server)
+            )
 
     if config.workers == 1:
         sims: _TaskSims | None = None
@@ -435,7 +447,9 @@ def summarize(
 
 def _paired(rows: list[dict[str, Any]], base: dict[tuple[int, int], bool]) -> dict[str, Any]:
     """Episodes won / lost against N = 1 from the same init state (and request seeds), sign test on those."""
-    pairs = [(r["success"], base[(r["task"], r["episode"])]) for r in rows if (r["task"], r["episode"]) in base]
+    pairs = [
+        (r["success"], base[(r["task"], r["episode"])]) for r in rows if (r["task"], r["episode"]) in base
+    ]
     won = sum(mine and not theirs for mine, theirs in pairs)
     lost = sum(theirs and not mine for mine, theirs in pairs)
     return {"pairs": len(pairs), "won": won, "lost": lost, "sign_test_p": sign_test(won, lost)}
@@ -447,7 +461,9 @@ def calibrated_switch_rates(server: dict[str, Any]) -> SwitchExpectation | None:
     if not rates:
         return None
     ns = sorted(int(k) for k in rates)
-    return SwitchExpectation(float(server["switch_margin"]), tuple(ns), tuple(float(rates[str(k)]) for k in ns))
+    return SwitchExpectation(
+        float(server["switch_margin"]), tuple(ns), tuple(float(rates[str(k)]) for k in ns)
+    )
 
 
 def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
@@ -460,7 +476,11 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(report, indent=1))
     tmp.replace(path)
-    return [path, plot_success(report, out / "success.png"), plot_success_vs_n(report, out / "success_vs_n.png")]
+    return [
+        path,
+        plot_success(report, out / "success.png"),
+        plot_success_vs_n(report, out / "success_vs_n.png"),
+    ]
 
 
 def plot_success(report: dict[str, Any], path: Path) -> Path:

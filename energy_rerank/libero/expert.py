@@ -101,13 +101,16 @@ def holds(sim: LiberoSim, obj: str, ee: np.ndarray) -> bool:
     gap, _ = sim.finger_gap()
     lo, hi = body_aabb(sim, obj)
     offset = (lo + hi) / 2 - ee  # [3]
-    return bool(
-        EMPTY_GAP < gap < OPEN_GAP and np.linalg.norm(offset[:2]) < 0.05 and -0.06 < offset[2] < 0.03
-    )
+    return bool(EMPTY_GAP < gap < OPEN_GAP and np.linalg.norm(offset[:2]) < 0.05 and -0.06 < offset[2] < 0.03)
 
 
 def waypoints(
-    sim: LiberoSim, obj: str, target: str, cfg: ExpertConfig, grasp_jitter: np.ndarray, place_jitter: np.ndarray
+    sim: LiberoSim,
+    obj: str,
+    target: str,
+    cfg: ExpertConfig,
+    grasp_jitter: np.ndarray,
+    place_jitter: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(grasp point [3], release point [3], top of the object) from the current object geometry."""
     lo, hi = body_aabb(sim, obj)
@@ -209,7 +212,9 @@ class PickPlaceExpert:
     def act(self, ee_pos: np.ndarray) -> np.ndarray:
         """Next 7-D action given the end-effector position (object geometry read from the simulator)."""
         ee = np.asarray(ee_pos, dtype=np.float64)
-        grasp, place, top = waypoints(self.sim, self.obj, self.target, self.cfg, self.grasp_jitter, self.place_jitter)
+        grasp, place, top = waypoints(
+            self.sim, self.obj, self.target, self.cfg, self.grasp_jitter, self.place_jitter
+        )
         cfg = self.cfg
         self._recheck(ee)
         name = self.phase_name

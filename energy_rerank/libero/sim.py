@@ -122,7 +122,8 @@ class LiberoSim:
         if not 0 <= init_index < len(self.init_states):
             raise ValueError(f"init_index must be in [0, {len(self.init_states)}), got {init_index}")
         self.env.reset()
-        self.gripper_command = np.zeros(1)  # what a rebuilt model starts with: episodes do not depend on history
+        # what a rebuilt model starts with: an episode does not depend on the ones before it
+        self.gripper_command = np.zeros(1)
         return self._convert(self.env.set_init_state(self.init_states[init_index]))
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
@@ -137,7 +138,9 @@ class LiberoSim:
         """Flattened MuJoCo state [S] (time, qpos, qvel): what LIBERO stores as `states`."""
         return np.asarray(self.env.get_sim_state(), dtype=np.float64)
 
-    def set_state(self, state: np.ndarray, gripper_command: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def set_state(
+        self, state: np.ndarray, gripper_command: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Restore a recorded state and return the observation it implies.
 
         The gripper's commanded finger position is not part of MuJoCo's state (robosuite integrates
