@@ -56,8 +56,9 @@ class EnergyHeadSwapper:
                 )
                 # One request only: capturing every CUDA-graph bucket here would hold the inference thread
                 # for seconds; the rest are captured on first use.
-                await self.servicer.batcher.call(warm_up, new)  # between batches, like a request
-                self.servicer.use(new, path)  # raises before swapping on an unreadable selection.json
+                # between batches, in the one queue like a request (a full queue refuses the reload too)
+                await self.servicer.batcher.call(lambda: warm_up(new))
+                self.servicer.use(new)  # with_energy_head has refused an unreadable selection.json
             except Exception:
                 self.metrics.reloads.labels(result="error").inc()
                 raise

@@ -2,13 +2,16 @@
 and the token-only admin service that hot-swaps the energy head (server/admin.py).
 
 Lifecycle: `start()` binds and reports SERVING; `drain()` first reports NOT_SERVING (load
-balancers stop sending), then `stop(grace)`: new calls get UNAVAILABLE while calls in flight,
-queued ones included, finish within the grace period; then the batcher and metrics stop.
+balancers stop sending), serves the model calls that reach it within the gate's accept window
+and refuses later ones UNAVAILABLE, waits (up to the grace) until none is in flight, queued ones
+included, and only then stops gRPC (see drain.py for why not gRPC's own graceful stop); then the
+batcher and metrics stop.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -100,9 +103,15 @@ class RerankServer:
     async def drain(self, grace: float | None = None) -> None:
         grace = self.config.drain_seconds if grace is None else grace
         log.info("draining: NOT_SERVING, then up to %.1f s for calls in flight", grace)
+        t0 = time.monotonic()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        gate = self.servicer.gate
+        if not await gate.drain(grace, self.config.drain_accept_seconds):
+            log.warning("%d model calls still in flight after the %.1f s grace: cancelled", gate.inflight, grace)
+        # What is left (info, health, a hot swap) gets the rest of the grace.
+        await self.server.stop(max(0.0, grace - (time.monotonic() - t0)))
         await self.servicer.batcher.close()
+        self.servicer.close()
         self.metrics.close()
 
     async def wait_for_termination(self) -> None:

@@ -25,8 +25,9 @@ reflection services) and Prometheus metrics over HTTP.
 
 With no arguments it serves the embedded default: the tiny reference policy and an energy head
 trained on the synthetic task, bound to 127.0.0.1:50051 with metrics on 127.0.0.1:9464.
-Stop with Ctrl-C or SIGTERM: the server reports NOT_SERVING, finishes the calls in flight
-(up to --drain-seconds) and exits.
+Stop with Ctrl-C or SIGTERM: the server reports NOT_SERVING, serves the calls that reach it
+within --drain-accept-seconds, refuses later ones UNAVAILABLE (clients retry them elsewhere),
+finishes every call in flight (up to --drain-seconds) and exits.
 
 Model updates without downtime: SIGHUP reloads the energy head from --energy (point it at a
 symlink and flip the link), or call RerankAdmin.ReloadEnergyHead with the token
@@ -87,11 +88,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--max-message-mb", type=float, default=d.max_message_bytes / 2**20,
                    help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default: %(default)s)")  # fmt: skip
+    g.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels,
+                   help="pixels one request's images may decode to, over the cameras the policy reads (images "
+                        "of other cameras are never decoded); more gets INVALID_ARGUMENT (default: %(default)s)")  # fmt: skip
+    g.add_argument("--max-decoded-pixels", type=int, default=d.max_decoded_pixels,
+                   help="pixels decoded and held at once over all requests, which bounds image memory (3 bytes "
+                        "a pixel); requests beyond it get RESOURCE_EXHAUSTED (default: %(default)s)")  # fmt: skip
     g.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)")
     g.add_argument("--tls-key", type=Path, help="PEM private key")
     g.add_argument("--token-file", type=Path, help=f"file holding the bearer token (or set ${TOKEN_ENV})")
     g.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
                    help="on shutdown, how long calls in flight may take (default: %(default)s)")  # fmt: skip
+    g.add_argument("--drain-accept-seconds", type=float, default=d.drain_accept_seconds,
+                   help="on shutdown, calls reaching the server this long after the signal are still served; "
+                        "later ones get UNAVAILABLE (default: %(default)s)")  # fmt: skip
     g = p.add_argument_group("batching")
     b = BatchConfig()
     g.add_argument(
@@ -138,12 +148,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         sigmas=args.sigmas,
         gripper_mode=args.gripper_mode,
         max_message_bytes=int(args.max_message_mb * 2**20),
+        max_request_pixels=args.max_request_pixels,
+        max_decoded_pixels=args.max_decoded_pixels,
         auth_token=token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_address=args.metrics_address,
         drain_seconds=args.drain_seconds,
+        drain_accept_seconds=args.drain_accept_seconds,
     )
 
 

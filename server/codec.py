@@ -1,32 +1,36 @@
 """Wire <-> numpy/torch: tensors as {dtype, shape, bytes}, camera images, observations.
 
 Everything that arrives is checked before it reaches the model: dtype, shape, byte length,
-finiteness, image decodability. A failure raises `InvalidInput` naming the field and what was
-expected, so the caller can fix the request without reading server logs.
+finiteness, image size and decodability (server/images.py). A failure raises `InvalidInput`
+naming the field and what was expected, so the caller can fix the request without reading
+server logs; what the caller sent is quoted within bounds (`errors.quote`).
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 
-from energy_rerank.evaluation.margin import SwitchExpectation
+from energy_rerank.checkpoint import SwitchExpectation
+from energy_rerank.normalize import NormStats
 from energy_rerank.policy.base import Observation, PolicyDescription
+from energy_rerank.policy.windows import observation_vector
 from energy_rerank.reranker import Reranker, Selection, SelectParams
 from energy_rerank.server._proto import rerank_pb2 as pb
-from energy_rerank.server.errors import InvalidInput
+from energy_rerank.server.errors import InvalidInput, quote
+from energy_rerank.server.images import DEFAULT_REQUEST_PIXELS, decode_cameras
 
 # The only dtypes accepted on the wire, by their numpy names (little-endian, as sent).
 WIRE_DTYPES = {
     name: np.dtype(name).newbyteorder("<")
     for name in ("float32", "float16", "float64", "int32", "int64", "uint8", "bool")
 }
-MAX_IMAGE_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
+# A finite input this many standard deviations (of the policy's training data) from its mean is
+# blamed when the policy's chunk comes out non-finite: the caller sent what the policy overflows on.
+FAR_OUT_STDS = 1e3
 
 
 # ------------------------------------------------------------------ tensors
@@ -40,16 +44,16 @@ def decode_tensor(
     """Tensor message -> numpy array of one of `dtypes` and `shape` (None = any size >= 1)."""
     want = f"{'|'.join(dtypes)} [{', '.join('?' if d is None else str(d) for d in shape)}]"
     if t.dtype not in dtypes:
-        raise InvalidInput(field, f"dtype {t.dtype or '(unset)'!r}, expected {want}")
+        raise InvalidInput(field, f"dtype {quote(t.dtype or '(unset)')}, expected {want}")
     got = tuple(int(d) for d in t.shape)
     if len(got) != len(shape) or any(
         d < 1 or (w is not None and d != w) for d, w in zip(got, shape, strict=True)
     ):
-        raise InvalidInput(field, f"shape {list(got)}, expected {want}")
+        raise InvalidInput(field, f"shape {quote(got)}, expected {want}")
     dt = WIRE_DTYPES[t.dtype]
     nbytes = math.prod(got) * dt.itemsize
     if len(t.data) != nbytes:
-        raise InvalidInput(field, f"{len(t.data)} data bytes, shape {list(got)} {t.dtype} needs {nbytes}")
+        raise InvalidInput(field, f"{len(t.data)} data bytes, shape {quote(got)} {t.dtype} needs {nbytes}")
     a = np.frombuffer(t.data, dtype=dt).reshape(got).copy()  # writable, owns its memory
     if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
         raise InvalidInput(field, "contains NaN or Inf")
@@ -66,45 +70,18 @@ def encode_tensor(a: np.ndarray | torch.Tensor) -> pb.Tensor:
     return pb.Tensor(dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
 
 
-# ------------------------------------------------------------------ images
-def decode_image(img: pb.Image, field: str) -> np.ndarray:
-    """Image message -> uint8 [h, w, 3] RGB."""
-    if not img.data:
-        raise InvalidInput(field, "empty image data")
-    if img.encoding == pb.Image.RAW:
-        h, w = int(img.height), int(img.width)
-        if h < 1 or w < 1:
-            raise InvalidInput(field, f"RAW image needs height and width >= 1, got {h}x{w}")
-        if len(img.data) != h * w * 3:
-            raise InvalidInput(field, f"RAW {h}x{w}x3 uint8 needs {h * w * 3} bytes, got {len(img.data)}")
-        return np.frombuffer(img.data, dtype=np.uint8).reshape(h, w, 3).copy()
-    fmt = {pb.Image.JPEG: "JPEG", pb.Image.PNG: "PNG"}.get(img.encoding)
-    if fmt is None:
-        raise InvalidInput(field, "encoding must be JPEG, PNG or RAW (uint8 [height, width, 3])")
-    try:
-        with PILImage.open(io.BytesIO(img.data), formats=[fmt]) as pil:
-            if pil.width * pil.height > MAX_IMAGE_PIXELS:
-                raise InvalidInput(field, f"{pil.width}x{pil.height} exceeds {MAX_IMAGE_PIXELS} pixels")
-            return np.asarray(pil.convert("RGB"), dtype=np.uint8)  # [h, w, 3]
-    except InvalidInput:
-        raise
-    except Exception as e:  # PIL raises a zoo of types for corrupt files
-        raise InvalidInput(field, f"cannot decode as {fmt}: {type(e).__name__}: {e}") from None
-
-
 # ------------------------------------------------------------------ observations
 def decode_observation(
-    obs: pb.Observation, desc: PolicyDescription, field: str = "observation"
+    obs: pb.Observation,
+    desc: PolicyDescription,
+    field: str = "observation",
+    max_pixels: int = DEFAULT_REQUEST_PIXELS,
 ) -> Observation:
-    """Validate an observation against what the served policy reads."""
-    images = {name: decode_image(img, f"{field}.images[{name!r}]") for name, img in obs.images.items()}
-    missing = [c for c in desc.cameras if c not in images]
-    if missing:
-        raise InvalidInput(
-            f"{field}.images", f"missing camera(s) {missing}; the policy reads {list(desc.cameras)}"
-        )
+    """Validate an observation against what the served policy reads; images of cameras it does
+    not read are ignored (never decoded), and those it reads must fit `max_pixels` together."""
     state = _vector(obs, "state", desc.state_dim, field)
     lowdim = _vector(obs, "lowdim", desc.lowdim_dim, field)
+    images = decode_cameras(obs.images, desc.cameras, f"{field}.images", max_pixels)
     return Observation(images=images, state=state, lowdim=lowdim, instruction=obs.instruction)
 
 
@@ -114,6 +91,31 @@ def _vector(obs: pb.Observation, name: str, dim: int, field: str) -> np.ndarray 
     if not obs.HasField(name):
         raise InvalidInput(f"{field}.{name}", f"required, expected float32 [{dim}]")
     return decode_tensor(getattr(obs, name), f"{field}.{name}", ("float32",), (dim,))
+
+
+def far_out_input(
+    obs: Observation, desc: PolicyDescription, stats: NormStats | None, field: str = "observation"
+) -> InvalidInput | None:
+    """When the policy's chunk came out non-finite from finite inputs: the lowdim/state element
+    farthest from the policy's training data, if more than FAR_OUT_STDS standard deviations out
+    (in raw magnitude without statistics), as the error to answer; None: the policy is to blame."""
+    if not (desc.lowdim_dim or desc.state_dim):
+        return None
+    x = observation_vector(obs, desc.lowdim_dim > 0, desc.state_dim > 0).astype(np.float64)  # [lowdim, state]
+    st = stats.state if stats is not None else None
+    if st is not None and st.dim == x.size:
+        far = np.abs(x - np.asarray(st.mean)) / np.maximum(np.asarray(st.std), 1e-6)
+        unit = "standard deviations from the policy's training data"
+    else:
+        far, unit = np.abs(x), "in magnitude"
+    i = int(np.argmax(far))
+    if not far[i] > FAR_OUT_STDS:
+        return None
+    name, j = ("lowdim", i) if i < desc.lowdim_dim else ("state", i - desc.lowdim_dim)
+    return InvalidInput(
+        f"{field}.{name}[{j}]",
+        f"{x[i]:.6g} is {far[i]:.3g} {unit}; the policy overflows on it (its chunk came out non-finite)",
+    )
 
 
 # ------------------------------------------------------------------ parameters and answers

@@ -11,6 +11,7 @@ from energy_rerank.candidates import MAX_CANDIDATES, SamplerConfig
 from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
 from energy_rerank.reranker import check_switch_margin
 from energy_rerank.server.batcher import BatchConfig
+from energy_rerank.server.images import DEFAULT_REQUEST_PIXELS
 from energy_rerank.server.switch_watch import WatchConfig
 
 # The embedded default served by a bare `energy-rerank serve`: the tiny reference policy and an
@@ -51,12 +52,21 @@ class ServerConfig:
     sigmas: tuple[float, ...] | None = None  # noise sigma schedule, normalised action units
     gripper_mode: str | None = None  # "keep", "flip" or "vote" (see energy_rerank.candidates)
     max_message_bytes: int = 4 * 1024 * 1024  # larger requests get RESOURCE_EXHAUSTED (gRPC's default)
+    # pixels one request's images may decode to, over the cameras the policy reads (others are never
+    # decoded); beyond it INVALID_ARGUMENT. 4096 x 4096 = 16.8 M pixels = 50 MB of RGB
+    max_request_pixels: int = DEFAULT_REQUEST_PIXELS
+    # pixels decoded and held at once over all requests (decoding, queued or running): bounds the
+    # server's image memory (3 bytes a pixel, ~200 MB here); beyond it RESOURCE_EXHAUSTED, retry later
+    max_decoded_pixels: int = 4 * DEFAULT_REQUEST_PIXELS
     auth_token: str | None = None  # bearer token required on every call but health; None = no auth
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key enables TLS
     tls_key: Path | None = None  # PEM private key for tls_cert
     metrics_port: int | None = 9464  # Prometheus exporter port (0 = any free port, None = off)
     metrics_address: str = "127.0.0.1"  # the exporter's bind address
     drain_seconds: float = 5.0  # on shutdown: how long in-flight requests may take to finish
+    # on shutdown: model calls reaching the server this long after the signal are still served
+    # (they were sent before it, or before any client could know); later ones get UNAVAILABLE
+    drain_accept_seconds: float = 0.25
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_candidates <= MAX_CANDIDATES:
@@ -73,6 +83,15 @@ class ServerConfig:
             raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}, got {self.fp32_precision!r}")
         if self.chains not in CHAIN_MODES:
             raise ValueError(f"chains must be one of {CHAIN_MODES}, got {self.chains!r}")
+        if not 1 <= self.max_request_pixels <= self.max_decoded_pixels:
+            raise ValueError(
+                f"need 1 <= max_request_pixels ({self.max_request_pixels}) <= max_decoded_pixels "
+                f"({self.max_decoded_pixels}): a request within its budget must fit the server's"
+            )
+        if not 0 <= self.drain_accept_seconds <= self.drain_seconds:
+            raise ValueError(
+                f"need 0 <= drain_accept_seconds ({self.drain_accept_seconds}) <= drain_seconds ({self.drain_seconds})"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.auth_token is not None and not self.auth_token.strip():

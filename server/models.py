@@ -13,22 +13,26 @@ import numpy as np
 from energy_rerank.candidates import CandidateSampler
 from energy_rerank.checkpoint import (
     CONFIG_FILE,
+    SELECTION_FILE,
     WEIGHTS_FILE,
     BundleError,
-    bundle_sampler,
-    read_switch_margin,
+    HeadRecord,
+    read_head_record,
 )
 from energy_rerank.energy import EnergyModel
-from energy_rerank.policy.base import Observation, PolicyDescription, Proposer
+from energy_rerank.normalize import STATS_FILE
+from energy_rerank.policy.base import Observation, PolicyDescription
 from energy_rerank.policy.loading import load_policy
 from energy_rerank.reranker import Reranker, SelectParams
 from energy_rerank.scoring.backends import make_scorer
 from energy_rerank.scoring.cuda_graphs import GraphedScorer
 from energy_rerank.server.config import ServerConfig
+from energy_rerank.server.errors import quote
 
 log = logging.getLogger(__name__)
 
 FULL_HASH_LIMIT = 256 * 2**20  # weights files up to this size are hashed in full for the version
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX: a longer bundle path cannot be opened
 
 
 def load_reranker(config: ServerConfig) -> Reranker:
@@ -41,6 +45,8 @@ def load_reranker(config: ServerConfig) -> Reranker:
     proposer = load_policy(config.policy_path, config.device)
     energy = EnergyModel.from_pretrained(config.energy_path, map_location=config.device)
     check_compatible(proposer.description, energy, config.policy_path, config.energy_path)
+    record = read_head_record(config.energy_path)
+    margin = switch_margin_for(config, record)
     version = (
         f"{proposer.description.name}@{bundle_digest(config.policy_path)}"
         f"+energy@{bundle_digest(config.energy_path)}"
@@ -54,10 +60,11 @@ def load_reranker(config: ServerConfig) -> Reranker:
             fp32_precision=config.fp32_precision,
             chains=config.chains,
         ),
-        sampler_for(config, proposer, config.energy_path),
+        CandidateSampler.for_policy(proposer, record.with_sampler(config.sigmas, config.gripper_mode)),
         model_version=version,
         max_candidates=config.max_candidates,
-        switch_margin=switch_margin_for(config, config.energy_path),
+        switch_margin=margin,
+        switch_rates=record.switch_rates,
     )
 
 
@@ -66,34 +73,38 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
     which normalise the candidates the head scores); the new head's scorer, sampler, margin and version."""
     if config.backend == "onnxruntime":
         raise BundleError("the onnxruntime backend scores an exported file; re-export and restart instead")
-    path = Path(energy_path).resolve()  # a symlink flipped during the load must not mix two bundles
-    if not (path / CONFIG_FILE).is_file():
-        raise BundleError(f"energy head bundle not found at {energy_path} (no {CONFIG_FILE})")
+    if len(str(energy_path)) > MAX_PATH_CHARS:  # resolving would stat each of its components first
+        raise BundleError(f"energy head bundle path {quote(str(energy_path))} is longer than {MAX_PATH_CHARS}")
+    try:  # the path comes from a caller (ReloadEnergyHead): it may not even be a possible path
+        path = Path(energy_path).resolve()  # a symlink flipped during the load must not mix two bundles
+        found = (path / CONFIG_FILE).is_file()
+    except (OSError, ValueError) as e:  # name too long, NUL byte, ...
+        raise BundleError(f"energy head bundle path {quote(str(energy_path))} unusable: {type(e).__name__}") from None
+    if not found:
+        raise BundleError(f"energy head bundle not found at {quote(str(energy_path))} (no {CONFIG_FILE})")
     energy = EnergyModel.from_pretrained(path, map_location=config.device)
     check_compatible(current.proposer.description, energy, config.policy_path, path)
+    record = read_head_record(path)
+    margin = switch_margin_for(config, record)
     policy_part = current.model_version.rsplit("+energy@", 1)[0]
     return Reranker(
         current.proposer,
         make_scorer(energy, config.backend, fp32_precision=config.fp32_precision, chains=config.chains),
-        sampler_for(config, current.proposer, path),
+        # candidates the way this head was trained to rank them, unless the server's flags override
+        CandidateSampler.for_policy(current.proposer, record.with_sampler(config.sigmas, config.gripper_mode)),
         stats=current.stats,
         model_version=f"{policy_part}+energy@{bundle_digest(path)}",
         max_candidates=current.max_candidates,
-        switch_margin=switch_margin_for(config, path),
+        switch_margin=margin,
+        switch_rates=record.switch_rates,
     )
 
 
-def sampler_for(config: ServerConfig, proposer: Proposer, energy_path: str | Path) -> CandidateSampler:
-    """Candidates the way this head was trained to rank them, unless the server's flags override."""
-    return CandidateSampler.for_policy(proposer, bundle_sampler(energy_path, config.sigmas, config.gripper_mode))
-
-
-def switch_margin_for(config: ServerConfig, energy_path: str | Path) -> float:
+def switch_margin_for(config: ServerConfig, record: HeadRecord) -> float:
     """The server's flag if set, else the margin calibrated for this head, else 0 (plain argmin)."""
     if config.switch_margin is not None:
         return config.switch_margin
-    recorded = read_switch_margin(energy_path)
-    return 0.0 if recorded is None else recorded
+    return 0.0 if record.switch_margin is None else record.switch_margin
 
 
 def describe_switch_margin(margin: float) -> str:
@@ -160,6 +171,7 @@ def bundle_digest(path: str | Path) -> str:
         with weights.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    for extra in sorted(p for p in path.iterdir() if p.suffix == ".json" and p.name != CONFIG_FILE):
-        h.update(extra.read_bytes())  # stats.json: different statistics = different answers
+    for name in (STATS_FILE, SELECTION_FILE):  # other statistics or margin = other answers
+        if (path / name).is_file():
+            h.update((path / name).read_bytes())  # a training run's files beside the head do not count
     return h.hexdigest()[:12]

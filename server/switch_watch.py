@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Gauge
 
-from energy_rerank.evaluation.margin import SwitchExpectation
+from energy_rerank.checkpoint import SwitchExpectation
 from energy_rerank.reranker import Reranker, Selection, SelectParams
 from energy_rerank.server.metrics import Metrics
 

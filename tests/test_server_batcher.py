@@ -163,3 +163,91 @@ def test_close_fails_queued_and_refuses_new():
         first.cancel()
 
     run(body())
+
+
+def test_calls_wait_in_the_same_queue_and_run_alone_in_order():
+    """A call (ScoreCandidates, warm-up) is queued behind the requests before it, never batched
+    with them, and the requests after it wait for it: one queue, one order."""
+    model = Model(delay=0.05)
+    order: list[str] = []
+
+    def call() -> str:
+        order.append("call")
+        assert threading.current_thread().name.startswith("inference")
+        return "called"
+
+    async def body(b):
+        first = asyncio.create_task(b.submit(0))
+        await asyncio.sleep(0.01)  # running: what follows queues up behind it
+        before = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        called = asyncio.create_task(b.call(call))
+        await asyncio.sleep(0)
+        after = [asyncio.create_task(b.submit(i)) for i in (3, 4)]
+        out = await asyncio.gather(first, *before, called, *after)
+        return out
+
+    out = run(with_batcher(model, BatchConfig(max_batch=8), body))
+    assert [o.result for o in out] == [0, 2, 4, "called", 6, 8]
+    assert model.batches == [[0], [1, 2], [3, 4]] and out[3].batch_size == 1
+
+
+def test_calls_obey_the_queue_limit_and_deadlines():
+    model = Model(delay=0.1)
+    ran: list[int] = []
+
+    async def body(b):
+        first = asyncio.create_task(b.submit(0))
+        await asyncio.sleep(0.02)
+        queued = [asyncio.create_task(b.call(lambda: ran.append(1) or 1)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="queue full"):
+            await b.call(lambda: ran.append(2))
+        await asyncio.gather(first, *queued)
+        busy = asyncio.create_task(b.submit(5))
+        await asyncio.sleep(0.01)
+        with pytest.raises(DeadlineExpired):
+            await b.call(lambda: ran.append(3), timeout=0.02)  # expires while the batch runs
+        await busy
+
+    run(with_batcher(model, BatchConfig(max_batch=1, queue_limit=2), body))
+    assert ran == [1, 1]  # neither the refused call nor the expired one ran
+
+
+def test_a_failing_call_fails_alone():
+    model = Model(delay=0.01)
+
+    def broken() -> None:
+        raise RuntimeError("scorer broke")
+
+    async def body(b):
+        return await asyncio.gather(b.call(broken), b.submit(1), return_exceptions=True)
+
+    failed, ok = run(with_batcher(model, BatchConfig(), body))
+    assert isinstance(failed, RuntimeError) and ok.result == 2
+
+
+def test_a_finished_batch_is_not_kept_alive():
+    """The batch loop holds no reference to a batch once it has run: large inputs (decoded
+    images) are freed while the server waits for the next request."""
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    def model(payloads: list) -> list:  # keeps nothing (Model records what it was given)
+        return [1 for _ in payloads]
+
+    refs: list[weakref.ref] = []
+
+    async def body(b):
+        p = Payload()
+        refs.append(weakref.ref(p))
+        await b.submit(p)
+        del p
+        await asyncio.sleep(0.05)  # the loop is idle, waiting for the next request
+        gc.collect()
+        return refs[0]() is None
+
+    assert run(with_batcher(model, BatchConfig(), body))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from energy_rerank.policy.base import PolicyDescription
-from energy_rerank.server import codec
+from energy_rerank.server import codec, images
 from energy_rerank.server._proto import rerank_pb2 as pb
 from energy_rerank.server.errors import InvalidInput
 
@@ -75,14 +75,14 @@ def test_empty_dimension_rejected():
 
 
 def test_images_png_jpeg_raw():
-    assert codec.decode_image(pb.Image(encoding=pb.Image.PNG, data=png()), "im").shape == (6, 5, 3)
-    assert codec.decode_image(pb.Image(encoding=pb.Image.JPEG, data=png(fmt="JPEG")), "im").shape == (6, 5, 3)
+    assert images.decode_image(pb.Image(encoding=pb.Image.PNG, data=png()), "im").shape == (6, 5, 3)
+    assert images.decode_image(pb.Image(encoding=pb.Image.JPEG, data=png(fmt="JPEG")), "im").shape == (6, 5, 3)
     raw = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    out = codec.decode_image(pb.Image(encoding=pb.Image.RAW, data=raw.tobytes(), height=2, width=3), "im")
+    out = images.decode_image(pb.Image(encoding=pb.Image.RAW, data=raw.tobytes(), height=2, width=3), "im")
     assert np.array_equal(out, raw)
     gray = io.BytesIO()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(gray, format="PNG")
-    assert codec.decode_image(pb.Image(encoding=pb.Image.PNG, data=gray.getvalue()), "im").shape == (4, 4, 3)
+    assert images.decode_image(pb.Image(encoding=pb.Image.PNG, data=gray.getvalue()), "im").shape == (4, 4, 3)
 
 
 @pytest.mark.parametrize(

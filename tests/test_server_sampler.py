@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from energy_rerank.candidates import SamplerConfig
-from energy_rerank.checkpoint import CONFIG_FILE, bundle_sampler
+from energy_rerank.checkpoint import CONFIG_FILE, read_head_record
 from energy_rerank.config import config_to_dict
 from energy_rerank.policy.base import Observation
 from energy_rerank.server.cli import add_parser, config_from_args
@@ -56,12 +56,12 @@ def test_bad_sigmas_are_refused() -> None:
         config_from_args(parse("--sigmas", "-0.1"))
 
 
-def test_bundle_sampler_reads_the_record_and_applies_overrides(bundles) -> None:
+def test_head_record_reads_the_sampler_and_applies_overrides(bundles) -> None:
     _, plain, recorded = bundles
-    assert bundle_sampler(plain) == SamplerConfig()  # no record: the defaults
-    assert bundle_sampler(recorded) == RECORDED
-    assert bundle_sampler(recorded, gripper_mode="keep") == dataclasses.replace(RECORDED, gripper_mode="keep")
-    assert bundle_sampler(recorded, sigmas=(0.2,)) == dataclasses.replace(RECORDED, sigmas=(0.2,))
+    assert read_head_record(plain).sampler == SamplerConfig()  # no record: the defaults
+    assert read_head_record(recorded).sampler == RECORDED
+    assert read_head_record(recorded).with_sampler(gripper_mode="keep") == dataclasses.replace(RECORDED, gripper_mode="keep")
+    assert read_head_record(recorded).with_sampler(sigmas=(0.2,)) == dataclasses.replace(RECORDED, sigmas=(0.2,))
 
 
 def test_the_served_candidates_follow_the_head_and_the_flags(bundles) -> None:

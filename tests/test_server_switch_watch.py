@@ -14,8 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from energy_rerank.checkpoint import BundleError, write_switch_margin
-from energy_rerank.evaluation.margin import SwitchExpectation, expectation_for
+from energy_rerank.checkpoint import BundleError, SwitchExpectation, write_switch_margin
 from energy_rerank.reranker import Selection, SelectParams
 from energy_rerank.server.cli import add_parser, config_from_args
 from energy_rerank.server.config import ServerConfig
@@ -52,11 +51,17 @@ def test_expectation_is_read_from_the_calibration_and_interpolated_in_log_n() ->
 
 
 def test_expectation_holds_only_at_the_margin_it_was_measured_with(tmp_path) -> None:
-    _, head = write_tiny_bundles(tmp_path)
-    assert expectation_for(head, 0.0) is None  # no selection.json
+    policy, head = write_tiny_bundles(tmp_path)
+
+    def rates(switch_margin: float | None):
+        cfg = ServerConfig(policy_path=policy, energy_path=head, backend="torch", switch_margin=switch_margin)
+        return load_reranker(cfg).switch_rates
+
+    assert rates(None) is None  # no selection.json
     write_switch_margin(head, 0.25, {"n": 8, "held_out": {"switched@8": 0.2}})
-    assert expectation_for(head, 0.25) == SwitchExpectation(0.25, (8,), (0.2,))
-    assert expectation_for(head, 0.0) is None  # the server's --switch-margin overrides the calibrated one
+    assert rates(None) == SwitchExpectation(0.25, (8,), (0.2,))
+    assert rates(0.25) == SwitchExpectation(0.25, (8,), (0.2,))
+    assert rates(0.0) is None  # the server's --switch-margin overrides the calibrated one
 
 
 @pytest.fixture
