@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             def shared(n: int = n) -> None:
                 policy.propose_draws(obs, n, seeds)
 
-            def separate(noise: torch.Tensor = noise) -> None:
+            def separate(noise: torch.Tensor = noise, inputs: dict = inputs) -> None:  # type: ignore[type-arg]
                 with torch.no_grad():
                     for j in range(noise.shape[1]):
                         policy.model.sample_actions(**inputs, noise=noise[:, j], num_steps=config.num_steps)

@@ -180,3 +180,17 @@ def test_pi0_caches_trains_serves_and_answers_with_its_own_draw(files: dict[str,
     out = tmp_path / "eval"
     assert main(["eval", "offline", "--data", str(demos), "--stride", "6", "--policy", str(bundle), "--energy", str(energy),
                  "--n-candidates", "1,4", "--out", str(out)]) == 0  # fmt: skip
+
+
+def test_candidate_bench_runs(tmp_path: Path) -> None:
+    """bench/candidates_pi0.py on the tiny pi0: both ways timed in one run, ratios recorded."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("candidates_pi0", Path(__file__).parents[1] / "bench" / "candidates_pi0.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--ns", "1", "4", "--repeats", "1", "--out", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["n"] for r in rows] == [1, 4] and all(r["shared_ms"] > 0 and r["ratio"] > 0 for r in rows)
