@@ -41,6 +41,14 @@ def observation(seed: int = 0) -> dict[str, Any]:
     }
 
 
+def address(output: str, protocol: str) -> str:
+    """Where the server said a front end listens."""
+    m = re.search(rf"{protocol} protocol at (\S+)", output)
+    if m is None:
+        raise RuntimeError(f"the server did not start its {protocol} front end:\n{output}")
+    return m.group(1)
+
+
 def callers(srv: Any, cameras: list[str], n: int, stack: contextlib.ExitStack) -> dict[str, Callable[[], float]]:
     """protocol -> a call returning the server's total seconds (the round trip is timed outside)."""
     import json_numpy
@@ -51,10 +59,10 @@ def callers(srv: Any, cameras: list[str], n: int, stack: contextlib.ExitStack) -
 
     obs = observation()
     grpc_client = stack.enter_context(RerankClient(srv.address, timeout=30))
-    url = re.search(r"openpi protocol at (\S+)", srv.output).group(1)
+    url = address(srv.output, "openpi")
     ws = stack.enter_context(connect(url, compression=None, max_size=None))
     ws.recv()  # metadata
-    oft_url = re.search(r"oft protocol at (\S+)", srv.output).group(1)
+    oft_url = address(srv.output, "oft")
     openpi_frame = {"observation/image": obs["images"][0], "observation/wrist_image": obs["images"][1],
                     "observation/state": obs["state"], "prompt": obs["instruction"],
                     "rerank/num_candidates": n, "rerank/seed": 0}  # fmt: skip
