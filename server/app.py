@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -67,6 +68,16 @@ class RerankServer:
         )
         self.port = self._bind()
         self.metrics_port: int | None = None
+        # openpi websocket / OFT HTTP front ends: the same servicer, batcher, limits and drain
+        self.front_ends: list[Any] = []
+        if config.openpi_address is not None:
+            from energy_rerank.server.openpi_frontend import OpenpiFrontEnd  # websockets: only when asked for
+
+            self.front_ends.append(OpenpiFrontEnd(self.servicer, config))
+        if config.oft_address is not None:
+            from energy_rerank.server.oft_frontend import OftFrontEnd  # aiohttp: only when asked for
+
+            self.front_ends.append(OftFrontEnd(self.servicer, config))
 
     def _bind(self) -> int:
         c = self.config
@@ -95,6 +106,8 @@ class RerankServer:
     async def start(self) -> None:
         self.servicer.batcher.start()
         await self.server.start()
+        for front_end in self.front_ends:
+            await front_end.start()
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.metrics_address)
         for name in ("", SERVICE_NAME):
@@ -105,9 +118,13 @@ class RerankServer:
         log.info("draining: NOT_SERVING, then up to %.1f s for calls in flight", grace)
         t0 = time.monotonic()
         await self.health.enter_graceful_shutdown()
+        for front_end in self.front_ends:
+            front_end.start_draining()  # its health check answers 503 too
         gate = self.servicer.gate
         if not await gate.drain(grace, self.config.drain_accept_seconds):
             log.warning("%d model calls still in flight after the %.1f s grace: cancelled", gate.inflight, grace)
+        for front_end in self.front_ends:
+            await front_end.stop()
         # What is left (info, health, a hot swap) gets the rest of the grace.
         await self.server.stop(max(0.0, grace - (time.monotonic() - t0)))
         await self.servicer.batcher.close()

@@ -15,6 +15,7 @@ from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
 from energy_rerank.scoring.backends import BACKENDS
 from energy_rerank.server.batcher import BatchConfig
 from energy_rerank.server.config import DEFAULT_ENERGY, DEFAULT_POLICY, ServerConfig
+from energy_rerank.server.observation_keys import ObservationKeys
 from energy_rerank.server.switch_watch import WatchConfig
 
 TOKEN_ENV = "ENERGY_RERANK_TOKEN"
@@ -33,9 +34,13 @@ Model updates without downtime: SIGHUP reloads the energy head from --energy (po
 symlink and flip the link), or call RerankAdmin.ReloadEnergyHead with the token
 (`energy-rerank-client reload [PATH]`). Calls in flight finish on the old head.
 
+Robots that speak openpi's websocket protocol or OpenVLA-OFT's POST /act need only a new
+address: --openpi-address / --oft-address serve those protocols from the same process, batcher
+and limits (docs/bring-your-robot.md).
+
 Auth: set ${env} (or --token-file) to require `authorization: Bearer <token>` on every call
-except health checks. Without TLS the token travels in clear text: bind beyond loopback only
-with --tls-cert/--tls-key.
+except health checks (the openpi and OFT front ends also take openpi's `Api-Key <token>`).
+Without TLS the token travels in clear text: bind beyond loopback only with --tls-cert/--tls-key.
 """.replace("{env}", TOKEN_ENV)
 
 
@@ -86,6 +91,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--address", default=d.address, help="host:port to bind, port 0 = any free (default: %(default)s)"
     )
+    g.add_argument("--openpi-address", metavar="HOST:PORT",
+                   help="also serve openpi's websocket policy protocol (WebsocketClientPolicy) here, e.g. "
+                        "127.0.0.1:8000; port 0 = any free (default: off)")  # fmt: skip
+    keys = d.openpi_keys
+    g.add_argument("--openpi-keys", type=observation_keys, default=keys, metavar="JSON",
+                   help="which openpi observation keys feed the policy: a JSON object (or a .json file) of the "
+                        "fields to change, e.g. '{\"cameras\": [\"observation/exterior_image_1_left\"], \"state\": "
+                        f"\"observation/joint_position\"}}' (default: openpi's LIBERO example, {keys.to_json()})")  # fmt: skip
+    g.add_argument("--oft-address", metavar="HOST:PORT",
+                   help="also serve OpenVLA-OFT's POST /act JSON protocol (get_action_from_server) here, e.g. "
+                        "127.0.0.1:8777; port 0 = any free (default: off)")  # fmt: skip
     g.add_argument("--max-message-mb", type=float, default=d.max_message_bytes / 2**20,
                    help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default: %(default)s)")  # fmt: skip
     g.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels,
@@ -129,6 +145,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def observation_keys(text: str) -> ObservationKeys:
+    """--openpi-keys: inline JSON, or the path of a .json file holding it."""
+    path = Path(text)
+    try:
+        return ObservationKeys.from_json(path.read_text() if text.endswith(".json") and path.is_file() else text)
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV) or None
     return ServerConfig(
@@ -140,6 +165,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         chains=args.chains,
         onnx_path=args.onnx,
         address=args.address,
+        openpi_address=args.openpi_address,
+        openpi_keys=args.openpi_keys,
+        oft_address=args.oft_address,
         batch=BatchConfig(args.max_batch, args.max_delay_us, args.queue_limit),
         max_candidates=args.max_candidates,
         default_candidates=args.default_candidates,

@@ -12,6 +12,7 @@ from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
 from energy_rerank.reranker import check_switch_margin
 from energy_rerank.server.batcher import BatchConfig
 from energy_rerank.server.images import DEFAULT_REQUEST_PIXELS
+from energy_rerank.server.observation_keys import ObservationKeys
 from energy_rerank.server.switch_watch import WatchConfig
 
 # The embedded default served by a bare `energy-rerank serve`: the tiny reference policy and an
@@ -36,6 +37,12 @@ class ServerConfig:
     # run captured per CUDA-graph bucket at start-up and the fastest kept (kernels/README.md)
     chains: str = "auto"
     address: str = "127.0.0.1:50051"  # host:port to bind; loopback unless exposed on purpose
+    # openpi's websocket protocol (server/openpi_frontend.py) on this host:port too; None = off
+    openpi_address: str | None = None
+    # where openpi observation dicts keep each input the policy reads (default: openpi's LIBERO example)
+    openpi_keys: ObservationKeys = field(default_factory=ObservationKeys)
+    # OpenVLA-OFT's POST /act JSON protocol (server/oft_frontend.py) on this host:port too; None = off
+    oft_address: str | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)  # dynamic batching knobs
     max_candidates: int = 1024  # largest N a request may ask for (bounds memory per request)
     default_candidates: int = 64  # N when a request leaves num_candidates at 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -29,6 +30,15 @@ from energy_rerank.server.metrics import Metrics
 from energy_rerank.server.switch_watch import SwitchWatch, switch_watch_for
 
 Item = tuple[Observation, SelectParams]
+
+
+class Answer(NamedTuple):
+    """One SelectAction's result, before any front end encodes it."""
+
+    selection: Selection
+    model_version: str  # of the models that made it
+    timing: dict[str, float]  # seconds per stage (validation, queue, policy, ..., total)
+    batch_size: int  # requests in its batch
 DECODE_THREADS = 2  # images decoded at once (PIL releases the GIL while it inflates)
 
 
@@ -59,8 +69,21 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         return [(s, r.model_version) for s in r.select([o for o, _ in items], [p for _, p in items])]
 
     async def SelectAction(self, request: pb.SelectActionRequest, context: grpc.aio.ServicerContext):
+        return codec.encode_selection(*await self.select(request, context.time_remaining()))
+
+    async def select(
+        self,
+        request: pb.SelectActionRequest,
+        timeout: float | None,
+        protocol: str = "grpc",
+        received: float | None = None,
+    ) -> Answer:
+        """One SelectAction, whichever front end received it (gRPC, or openpi / OFT translated to
+        the same request): drain gate, validation, pixel budget, the one batcher, metrics.
+        `timeout`: seconds left before the caller's deadline; `received`: time.perf_counter() when
+        the front end got the request, so its decoding counts as validation."""
         with self.gate.admit():
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() if received is None else received
             r = self.reranker
             desc = r.proposer.description
             params = codec.decode_params(request.params, self.config.default_candidates, r.max_candidates)
@@ -74,7 +97,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
                 obs = await self._decode(request.observation, pixels)
                 t1 = time.perf_counter()
                 try:
-                    done = await self.batcher.submit((obs, params), context.time_remaining())
+                    done = await self.batcher.submit((obs, params), timeout)
                 except PolicyFailure as e:
                     blame = codec.far_out_input(obs, desc, r.proposer.stats)
                     if blame is None:
@@ -85,16 +108,16 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         timing = {"validation": t1 - t0, "queue": done.queue_seconds, **s.timing}
         timing["inference"] = timing.pop("total")
         timing["total"] = time.perf_counter() - t0
-        self.metrics.observe_stages("SelectAction", timing)
+        self.metrics.observe_stages("SelectAction", timing, protocol)
         self.metrics.observe_energies(s.energies.tolist())
-        self.metrics.requests.labels(method="SelectAction").inc()
+        self.metrics.count_request("SelectAction", protocol)
         if s.fallback:
             self.metrics.fallbacks.inc()
         if s.index != 0:
             self.metrics.switched.inc()
         if self.switch_watch is not None:
             self.switch_watch.observe(version, params, s)
-        return codec.encode_selection(s, version, timing, done.batch_size)
+        return Answer(s, version, timing, done.batch_size)
 
     async def _decode(self, observation: pb.Observation, pixels: int) -> Observation:
         """Validate and decode; with images to decode, on the decode pool (the loop keeps answering)."""
@@ -126,7 +149,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         t3 = time.perf_counter()
         timing = {"validation": t1 - t0, "queue": done.queue_seconds, "score": t3 - t2, "total": t3 - t0}
         self.metrics.observe_stages("ScoreCandidates", timing)
-        self.metrics.requests.labels(method="ScoreCandidates").inc()
+        self.metrics.count_request("ScoreCandidates")
         return pb.ScoreCandidatesResponse(
             energies=codec.encode_energies(energies),
             argmin=energies.argmin(axis=1).tolist(),
@@ -135,7 +158,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         )
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext):
-        self.metrics.requests.labels(method="GetModelInfo").inc()
+        self.metrics.count_request("GetModelInfo")
         return codec.encode_model_info(
             self.reranker, self.config.default_candidates, self.config.batch.max_batch, self.switch_rates
         )

@@ -277,7 +277,7 @@ def test_metrics_endpoint_after_traffic(server, client, info):
         assert metric(text, "energy_rerank_stage_seconds_count", method="SelectAction", stage=stage) > 0, (
             stage
         )
-    assert 'energy_rerank_stage_seconds_bucket{le="0.0001",method="SelectAction",stage="score"}' in text
+    assert 'energy_rerank_stage_seconds_bucket{le="0.0001",method="SelectAction",protocol="grpc",stage="score"}' in text
     assert 'le="0.05"' in text
     assert metric(text, "energy_rerank_stage_seconds_count", method="ScoreCandidates", stage="score") > 0
     assert (
