@@ -23,6 +23,7 @@ def python_files() -> list[Path]:
     return [
         p for p in ROOT.rglob("*.py")
         if not SKIP_DIRS.intersection(p.relative_to(ROOT).parts) and ".egg-info" not in str(p)
+        and not any(part.startswith(".venv-") for part in p.relative_to(ROOT).parts)  # other venvs (.venv-openpi)
     ]  # fmt: skip
 
 
