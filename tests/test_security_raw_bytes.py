@@ -170,6 +170,8 @@ def test_raw_bytes_streams_and_token_checked_first(reranker):
         reflect = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
         with pytest.raises(grpc.RpcError) as reflected:
             list(reflect(iter([b"\xbf"]), timeout=10, metadata=auth))
+        with pytest.raises(grpc.RpcError) as anonymous:  # reflection is not open with a token set
+            list(reflect(iter([b"\x3a\x00"]), timeout=10))  # a valid list_services request
         counted = errors_counted(srv) - before
 
     assert all(isinstance(a, grpc.RpcError) and a.code() == grpc.StatusCode.UNAUTHENTICATED for a in without)
@@ -181,5 +183,6 @@ def test_raw_bytes_streams_and_token_checked_first(reranker):
     assert isinstance(health, grpc.RpcError) and health.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert watched.value.code() == grpc.StatusCode.INVALID_ARGUMENT, watched.value
     assert reflected.value.code() == grpc.StatusCode.INVALID_ARGUMENT, reflected.value
-    errors = len(without) + sum(isinstance(a, grpc.RpcError) for a in with_token) + 3
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED, anonymous.value
+    errors = len(without) + sum(isinstance(a, grpc.RpcError) for a in with_token) + 4
     assert counted == errors
