@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -161,17 +163,39 @@ def check_compatible(
 
 
 def bundle_digest(path: str | Path) -> str:
-    """Short content hash of a bundle: its version string changes whenever its weights do."""
+    """Short content hash of a bundle: its version string changes whenever its weights do,
+    including those of a transformers checkpoint the bundle points at (hf_adapter, pi0, image VLAs)."""
     path = Path(path)
-    h = hashlib.sha256((path / CONFIG_FILE).read_bytes())
-    weights = path / WEIGHTS_FILE
-    size = weights.stat().st_size
-    h.update(str(size).encode())
-    if size <= FULL_HASH_LIMIT:
-        with weights.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    config = (path / CONFIG_FILE).read_bytes()
+    h = hashlib.sha256(config)
+    _hash_file(h, path / WEIGHTS_FILE)
     for name in (STATS_FILE, SELECTION_FILE):  # other statistics or margin = other answers
         if (path / name).is_file():
             h.update((path / name).read_bytes())  # a training run's files beside the head do not count
+    fields = json.loads(config).get("config", {})
+    for key in EXTERNAL_KEYS:
+        ref = fields.get(key)
+        external = (path / ref).resolve() if isinstance(ref, str) else None
+        if external is not None and external.is_dir():
+            for f in sorted(p for p in external.iterdir() if p.is_file()):
+                h.update(f.name.encode())
+                _hash_file(h, f)
     return h.hexdigest()[:12]
+
+
+EXTERNAL_KEYS = ("backbone", "checkpoint")  # policy-bundle config fields naming a transformers directory
+
+
+def _hash_file(h: Any, f: Path) -> None:
+    """A file's size and content into h; past FULL_HASH_LIMIT its first and last MiB (weights of a
+    multi-GB checkpoint change there too, and hashing them whole would delay every start-up)."""
+    size = f.stat().st_size
+    h.update(str(size).encode())
+    with f.open("rb") as fh:
+        if size <= FULL_HASH_LIMIT:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(fh.read(1 << 20))
+            fh.seek(size - (1 << 20))
+            h.update(fh.read(1 << 20))

@@ -150,3 +150,27 @@ def test_torchrun_two_ranks_cache_equals_one_process(tmp_path: Path) -> None:
     for name, t in a.tensors().items():
         torch.testing.assert_close(getattr(b, name), t, atol=1e-5, rtol=1e-5, msg=name)
     assert not list(tmp_path.glob(".two*"))  # no staging left behind
+
+
+def test_version_follows_the_checkpoint_a_policy_bundle_points_at(tmp_path: Path) -> None:
+    """An hf_adapter bundle's weights live in the backbone directory: new backbone weights are a new
+    version; a training run's files beside an energy head are not."""
+    from transformers import LlamaModel
+
+    from energy_rerank.server.models import bundle_digest
+    from energy_rerank.server.testing import write_tiny_bundles
+
+    policy_dir = _hf_adapter_bundle(tmp_path)
+    before = bundle_digest(policy_dir)
+    assert bundle_digest(policy_dir) == before  # deterministic
+    backbone = LlamaModel.from_pretrained(tmp_path / "backbone")
+    with torch.no_grad():
+        backbone.norm.weight.add_(1.0)
+    backbone.save_pretrained(tmp_path / "backbone")
+    assert bundle_digest(policy_dir) != before
+
+    _, head = write_tiny_bundles(tmp_path / "tiny")
+    version = bundle_digest(head)
+    (head / "summary.json").write_text("{}")
+    (head / "checkpoints").mkdir()
+    assert bundle_digest(head) == version
