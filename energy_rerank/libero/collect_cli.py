@@ -1,4 +1,4 @@
-"""`energy-rerank libero takeover`: on-policy tools that need a running server and the simulator."""
+"""`energy-rerank libero takeover | collect`: on-policy tools that need a running server and the simulator."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from energy_rerank.cli import HelpFormatter
 
 def add_parsers(sub: Any) -> None:
     """Register the on-policy actions under `energy-rerank libero`."""
-    from energy_rerank.libero.protocol import parse_init_states
+    from energy_rerank.libero.protocol import TRAIN_INIT_STATES, parse_init_states
 
     p = sub.add_parser(
         "takeover",
@@ -44,6 +44,38 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--token", default=None, help="bearer token if the server requires one")
     p.add_argument("--out", required=True, help="output directory for takeover.json")
     p.set_defaults(func=_takeover)
+
+    c = sub.add_parser(
+        "collect",
+        help="on-policy rollouts through the server, with the scripted expert's label chunk at every step",
+        description=(
+            "Run the served policy through the server at --server (N = --n-candidates, --switch-margin) from "
+            "each of --init-states of every task and write one HDF5 per task in the project's format: actions "
+            "executed, MuJoCo states, success flags (rewards/dones, and the file attribute successes), the "
+            "low-dim observations, and obs/expert_label [T, H, 7], the scripted expert's chunk from every "
+            "visited state. Readable by every --data loader. Each task is written whole when done and a "
+            "rerun skips tasks already on disk, so a stopped collection resumes. Init states 30-49 are held "
+            "out for closed-loop numbers and refused unless --allow-held-out."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    c.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
+    c.add_argument("--suite", default="libero_object", help="LIBERO suite")
+    c.add_argument("--tasks", default="0-9", help="task ids: '0-9', '0,3,5' or '2'")
+    c.add_argument("--init-states", type=parse_init_states, default=TRAIN_INIT_STATES,
+                   help="init states of the rollouts, one per task each (default 0-29)")  # fmt: skip
+    c.add_argument("--allow-held-out", action="store_true", help="accept held-out init states (30-49)")
+    c.add_argument(
+        "--n-candidates", type=int, default=1, help="N per SelectAction (1 = the policy's own chunk)"
+    )
+    c.add_argument(
+        "--switch-margin", type=float, default=None, help="sent with every request (default: the server's)"
+    )
+    c.add_argument("--max-steps", type=int, default=None, help="control-step cap (default: the suite's)")
+    c.add_argument("--seed", type=int, default=0, help="base of the request seeds")
+    c.add_argument("--token", default=None, help="bearer token if the server requires one")
+    c.add_argument("--out", required=True, help="output directory (one HDF5 per task, collect_report.json)")
+    c.set_defaults(func=_collect)
 
 
 def _takeover(args: argparse.Namespace) -> int:
@@ -81,4 +113,33 @@ def _takeover(args: argparse.Namespace) -> int:
             indent=1,
         )
     )
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from energy_rerank.libero.cli import parse_tasks
+    from energy_rerank.libero.collect import CollectConfig, collect
+    from energy_rerank.libero.protocol import HELD_OUT_INIT_STATES, span
+    from energy_rerank_client import RerankClient
+
+    held_out = sorted(set(args.init_states) & set(HELD_OUT_INIT_STATES))
+    if held_out and not args.allow_held_out:
+        raise SystemExit(
+            f"--init-states: {span(held_out)} are held out for closed-loop numbers; pass --allow-held-out"
+        )
+    try:
+        cfg = CollectConfig(
+            suite=args.suite,
+            tasks=parse_tasks(args.tasks),
+            init_states=tuple(args.init_states),
+            num_candidates=args.n_candidates,
+            switch_margin=args.switch_margin,
+            seed=args.seed,
+            max_steps=args.max_steps,
+        )
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise SystemExit(f"libero collect: {e}") from None
+    with RerankClient(args.server, token=args.token, timeout=30.0) as client:
+        report = collect(client, cfg, args.out)
+    print(json.dumps({t: f"{r['successes']}/{r['episodes']}" for t, r in report["tasks"].items()}, indent=1))
     return 0
