@@ -58,15 +58,6 @@ def add_parser(subparsers: Any) -> None:
     add_libero_parser(sub)  # closed loop through the server, below
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
-    from energy_rerank.libero.cli import parse_tasks  # same "0-3,7" syntax
-
-    try:
-        return parse_tasks(text)
-    except argparse.ArgumentTypeError as e:
-        raise SystemExit(str(e).replace("--tasks", flag)) from None
-
-
 def _offline(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -164,7 +155,7 @@ def add_libero_parser(sub: Any) -> None:
     )
     p.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
     p.add_argument("--suite", default="libero_object", help="LIBERO suite")
-    p.add_argument("--tasks", type=int, nargs="+", default=[0], help="task ids within the suite")
+    p.add_argument("--tasks", type=int_list, default=(0,), help="task ids within the suite, e.g. '0-9' or '0,3,5'")
     p.add_argument(
         "--episodes", type=int, default=None, help="episodes per task and setting: init states 0..K-1 (default 10)"
     )
@@ -182,13 +173,8 @@ def add_libero_parser(sub: Any) -> None:
         metavar="FILE",
         help="HDF5 files the policy or head learnt from: refuse init states their demos started from",
     )
-    p.add_argument(
-        "--n-candidates",
-        type=int,
-        nargs="+",
-        default=[1, 16, 64],
-        help="candidate counts N, one setting each",
-    )
+    p.add_argument("--n-candidates", type=int_list, default=(1, 16, 64),
+                   help="candidate counts N, one setting each, e.g. '1,16,64'")  # fmt: skip
     p.add_argument(
         "--switch-margins",
         type=_margin,

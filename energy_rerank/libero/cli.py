@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from energy_rerank.cli import HelpFormatter
+from energy_rerank.cli import HelpFormatter, int_list
 from energy_rerank.libero.protocol import HELD_OUT_INIT_STATES, TRAIN_INIT_STATES, parse_init_states, span
 
 
@@ -35,7 +35,7 @@ def add_parser(subparsers: Any) -> None:
     demos.add_argument(
         "--suite", default="libero_object", help="libero_object, libero_spatial or libero_goal"
     )
-    demos.add_argument("--tasks", default="0-9", help="task ids: '0-9', '0,3,5' or '2'")
+    demos.add_argument("--tasks", type=int_list, default=tuple(range(10)), help="task ids, e.g. '0-9', '0,3,5' or '2'")
     demos.add_argument("--episodes", type=int, default=10, help="successful episodes to keep per task")
     demos.add_argument("--max-attempts", type=int, default=50, help="attempts per task before giving up")
     demos.add_argument(
@@ -63,13 +63,6 @@ def add_parser(subparsers: Any) -> None:
     add_parsers(sub)
 
 
-def parse_tasks(text: str) -> tuple[int, ...]:
-    """'0-3,7' -> (0, 1, 2, 3, 7): the project's one integer-list syntax (energy_rerank.cli.int_list)."""
-    from energy_rerank.cli import int_list
-
-    return int_list(text)
-
-
 def _demos(args: argparse.Namespace) -> int:
     from energy_rerank.libero.demos import DemoConfig, generate_demos
 
@@ -81,7 +74,7 @@ def _demos(args: argparse.Namespace) -> int:
         )
     cfg = DemoConfig(
         suite=args.suite,
-        task_ids=parse_tasks(args.tasks),
+        task_ids=args.tasks,
         episodes=args.episodes,
         max_attempts=args.max_attempts,
         init_states=tuple(args.init_states),

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from energy_rerank.cli import HelpFormatter
+from energy_rerank.cli import HelpFormatter, int_list
 
 
 def add_parsers(sub: Any) -> None:
@@ -29,7 +29,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
     p.add_argument("--suite", default="libero_object", help="LIBERO suite")
-    p.add_argument("--tasks", default="0-9", help="task ids: '0-9', '0,3,5' or '2'")
+    p.add_argument("--tasks", type=int_list, default=tuple(range(10)), help="task ids, e.g. '0-9', '0,3,5' or '2'")
     p.add_argument(
         "--init-states",
         type=parse_init_states,
@@ -61,7 +61,7 @@ def add_parsers(sub: Any) -> None:
     )
     c.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
     c.add_argument("--suite", default="libero_object", help="LIBERO suite")
-    c.add_argument("--tasks", default="0-9", help="task ids: '0-9', '0,3,5' or '2'")
+    c.add_argument("--tasks", type=int_list, default=tuple(range(10)), help="task ids, e.g. '0-9', '0,3,5' or '2'")
     c.add_argument("--init-states", type=parse_init_states, default=TRAIN_INIT_STATES,
                    help="init states of the rollouts, one per task each (default 0-29)")  # fmt: skip
     c.add_argument("--allow-held-out", action="store_true", help="accept held-out init states (30-49)")
@@ -79,14 +79,13 @@ def add_parsers(sub: Any) -> None:
 
 
 def _takeover(args: argparse.Namespace) -> int:
-    from energy_rerank.libero.cli import parse_tasks
     from energy_rerank.libero.takeover import TakeoverConfig, run_takeover_check, write_takeover_report
     from energy_rerank_client import RerankClient
 
     try:
         cfg = TakeoverConfig(
             suite=args.suite,
-            tasks=parse_tasks(args.tasks),
+            tasks=args.tasks,
             init_states=tuple(args.init_states),
             every=args.every,
             max_steps=args.max_steps,
@@ -117,7 +116,6 @@ def _takeover(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from energy_rerank.libero.cli import parse_tasks
     from energy_rerank.libero.collect import CollectConfig, collect
     from energy_rerank.libero.protocol import HELD_OUT_INIT_STATES, span
     from energy_rerank_client import RerankClient
@@ -130,7 +128,7 @@ def _collect(args: argparse.Namespace) -> int:
     try:
         cfg = CollectConfig(
             suite=args.suite,
-            tasks=parse_tasks(args.tasks),
+            tasks=args.tasks,
             init_states=tuple(args.init_states),
             num_candidates=args.n_candidates,
             switch_margin=args.switch_margin,

@@ -20,10 +20,10 @@ INIT_STATES_ATTR = "init_states"  # file attribute: the init state each demo_i s
 
 def parse_init_states(text: str) -> tuple[int, ...]:
     """argparse type: '0-29' or '30,31,40-49' -> distinct init states in [0, 50), in the order given."""
-    from energy_rerank.libero.cli import parse_tasks  # the project's one integer-list syntax
+    from energy_rerank.cli import int_list  # the project's one integer-list syntax
 
     try:
-        states = parse_tasks(text)
+        states = int_list(text)
     except argparse.ArgumentTypeError as e:
         raise argparse.ArgumentTypeError(str(e).replace("--tasks: ", "")) from None
     bad = [i for i in states if not 0 <= i < NUM_INIT_STATES]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The ceiling first: on LIBERO-Object's held-out init states (30-49 of every task, 200 episodes),
+# the base policy alone (N = 1) against the oracle (the candidate nearest the scripted expert's
+# label) and a random pick among the same N candidates the server built. The oracle is the most
+# any energy head can reach with these candidates. Each stage is skipped when its output exists,
+# so a cut-off run resumes where it stopped.
+#
+#   bash scripts/libero_ceiling.sh [RUN_DIR]          # weak policy: 2 demos per task (+1 for validation)
+#   DEMOS=10 bash scripts/libero_ceiling.sh runs/ceiling_strong
+#
+# The server scores with the embedded default head: no head choice is measured here, only the
+# candidates (N=1, random and oracle are picked by the client from the server's candidates).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+RUN=${1:-runs/libero_ceiling}
+DEMOS=${DEMOS:-2}               # training demos per task (weak 2, strong 10); one more is validation
+STEPS=${STEPS:-300}             # behaviour-cloning steps
+N=${N:-64}                      # candidates per request for random and oracle
+HELD_OUT=${HELD_OUT:-30-49}     # init states of the reported episodes
+SELECTORS=${SELECTORS:-oracle random}
+WORKERS=${WORKERS:-2}
+PORT=${PORT:-50071}
+export MUJOCO_GL=${MUJOCO_GL:-egl}
+mkdir -p "$RUN"
+say() { echo "[$(date +%T)] $*"; }
+
+if [ ! -f "$RUN/demos/demo_report.json" ]; then
+  say "demos: $((DEMOS + 1)) per task from init states 0-29"
+  "$BIN/energy-rerank" libero demos --suite libero_object --tasks 0-9 --episodes $((DEMOS + 1)) \
+    --init-states 0-29 --out "$RUN/demos"
+fi
+if [ ! -f "$RUN/policy/config.json" ]; then
+  say "policy: behaviour cloning, $STEPS steps"
+  "$BIN/energy-rerank" train-policy --data "$RUN"/demos/*.hdf5 --val-episodes 1 --max-text-len 16 \
+    --steps "$STEPS" --no-progress --out "$RUN/policy" > "$RUN/policy.json"
+fi
+if [ ! -f "$RUN/closed_loop/report.json" ]; then
+  say "server on 127.0.0.1:$PORT"
+  "$BIN/energy-rerank" serve --policy "$RUN/policy" --address "127.0.0.1:$PORT" --metrics-port -1 \
+    --max-candidates "$N" > "$RUN/server.log" 2>&1 &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  for _ in $(seq 120); do grep -q "listening on" "$RUN/server.log" && break; sleep 1; done
+  grep -q "listening on" "$RUN/server.log" || { cat "$RUN/server.log"; exit 1; }
+  say "closed loop: N=1 and $SELECTORS at N=$N on init states $HELD_OUT"
+  # shellcheck disable=SC2086
+  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$PORT" --suite libero_object --tasks 0-9 \
+    --init-states "$HELD_OUT" --trained-on "$RUN"/demos/*.hdf5 --n-candidates "1,$N" \
+    --selectors $SELECTORS --workers "$WORKERS" --out "$RUN/closed_loop"
+fi
+say "done: $RUN/closed_loop/report.json"
