@@ -215,6 +215,18 @@ def load_bundle(
     map_location: str | torch.device = "cpu",
 ) -> tuple[M, NormStats | None]:
     """Read a bundle, build the module from its config, load and verify its weights."""
+    module, _, stats = load_bundle_with_config(path, kind, config_cls, build, map_location)
+    return module, stats
+
+
+def load_bundle_with_config(
+    path: str | Path,
+    kind: str,
+    config_cls: type,
+    build: Callable[[Any], M],
+    map_location: str | torch.device = "cpu",
+) -> tuple[M, Any, NormStats | None]:
+    """`load_bundle`, also returning the bundle's config (policies that load more from it)."""
     path = Path(path)
     meta = read_bundle_meta(path)
     if meta.get("kind") != kind:
@@ -233,7 +245,7 @@ def load_bundle(
     module.to(map_location)
     module.eval()
     stats = NormStats.load(path) if (path / STATS_FILE).is_file() else None
-    return module, stats
+    return module, config, stats
 
 
 def check_weights(module: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:

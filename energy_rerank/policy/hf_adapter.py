@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from energy_rerank.checkpoint import BundleError, load_bundle, save_bundle
+from energy_rerank.checkpoint import BundleError, load_bundle_with_config, save_bundle
 from energy_rerank.nn import MLPResNet
 from energy_rerank.normalize import NormStats
 from energy_rerank.policy.base import Observation, PolicyDescription, Proposals
@@ -258,14 +258,7 @@ class HFAdapter(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
-        config_box: list[HFAdapterConfig] = []
-
-        def build(cfg: HFAdapterConfig) -> MLPResNet:
-            config_box.append(cfg)
-            return build_head(cfg)
-
-        head, stats = load_bundle(path, KIND, HFAdapterConfig, build, map_location=device)
-        config = config_box[0]
+        head, config, stats = load_bundle_with_config(path, KIND, HFAdapterConfig, build_head, map_location=device)
         backbone_dir = resolve_checkpoint(path, config.backbone)
         backbone = AutoModel.from_pretrained(str(backbone_dir), local_files_only=True).to(device)
         tokenizer = None

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from energy_rerank.checkpoint import BundleError, load_bundle, save_bundle
+from energy_rerank.checkpoint import BundleError, load_bundle_with_config, save_bundle
 from energy_rerank.nn import MLPResNet
 from energy_rerank.normalize import NormStats
 from energy_rerank.policy.base import Observation, PolicyDescription, Proposals
@@ -211,14 +211,7 @@ class ImageVLA(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> ImageVLA:
         path = Path(path)
-        box: list[ImageVLAConfig] = []
-
-        def build(cfg: ImageVLAConfig) -> MLPResNet:
-            box.append(cfg)
-            return build_head(cfg)
-
-        head, stats = load_bundle(path, KIND, ImageVLAConfig, build, map_location=device)
-        config = box[0]
+        head, config, stats = load_bundle_with_config(path, KIND, ImageVLAConfig, build_head, map_location=device)
         model, processor = load_checkpoint(resolve_checkpoint(path, config.checkpoint), device)
         try:
             return cls(config, model, processor, head, stats)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from energy_rerank.checkpoint import BundleError, load_bundle, save_bundle
+from energy_rerank.checkpoint import BundleError, load_bundle_with_config, save_bundle
 from energy_rerank.normalize import NormStats
 from energy_rerank.policy.base import Observation, PolicyDescription, Proposals
 from energy_rerank.policy.hf_adapter import resolve_checkpoint
@@ -262,14 +262,8 @@ class PI0Proposer(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> PI0Proposer:
         path = Path(path)
-        box: list[Pi0Config] = []
-
-        def build(cfg: Pi0Config) -> nn.Module:
-            box.append(cfg)
-            return nn.Module()
-
-        _, stats = load_bundle(path, KIND, Pi0Config, build, map_location=device)
-        config = box[0]
+        # The bundle holds no weights of its own (the checkpoint has them): an empty module checks that.
+        _, config, stats = load_bundle_with_config(path, KIND, Pi0Config, lambda _: nn.Module(), map_location=device)
         model, tokenizer = load_checkpoint(resolve_checkpoint(path, config.checkpoint), config.dtype, device)
         try:
             return cls(config, model, tokenizer, stats)
