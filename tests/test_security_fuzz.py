@@ -236,10 +236,6 @@ class Tally:
         return response
 
 
-TALLIES: dict[str, Tally] = {}
-RSS: dict[str, int] = {}
-
-
 def good_select(info) -> pb.SelectActionRequest:
     obs = pb.Observation()
     obs.images[TINY_CAMERA].CopyFrom(pb.Image(encoding=pb.Image.PNG, data=GOOD_IMAGES["png"]))
@@ -247,13 +243,12 @@ def good_select(info) -> pb.SelectActionRequest:
     return pb.SelectActionRequest(observation=obs, params=pb.SelectParams(num_candidates=8, seed=1))
 
 
-def test_warm_up_and_measure_memory(fuzzed):
-    """Before fuzzing: a few hundred good calls, so allocator pools and caches are already grown."""
-    _, _, stub, info = fuzzed
+def warm_up_and_measure_memory(stub, info) -> int:
+    """Before fuzzing: good calls, so allocator pools and caches are already grown -> RSS in bytes."""
     for _ in range(100):
         stub.SelectAction(good_select(info), timeout=60)
     gc.collect()
-    RSS["before"] = rss_bytes()
+    return rss_bytes()
 
 
 def _fuzz_settings():
@@ -264,9 +259,8 @@ def _fuzz_settings():
     )  # fmt: skip
 
 
-def test_fuzz_select_action(fuzzed):
-    _, _, stub, info = fuzzed
-    tally = TALLIES.setdefault("SelectAction", Tally())
+def fuzz_select_action(stub, info) -> Tally:
+    tally = Tally()
     t0 = time.perf_counter()
 
     @_fuzz_settings()
@@ -288,11 +282,11 @@ def test_fuzz_select_action(fuzzed):
           f"{dict(tally.codes)}")  # fmt: skip
     assert sum(tally.codes.values()) >= EXAMPLES
     assert tally.codes["OK"] > 0 and tally.codes["INVALID_ARGUMENT"] > 0  # both sides were explored
+    return tally
 
 
-def test_fuzz_score_candidates(fuzzed):
-    _, _, stub, info = fuzzed
-    tally = TALLIES.setdefault("ScoreCandidates", Tally())
+def fuzz_score_candidates(stub, info) -> Tally:
+    tally = Tally()
     t0 = time.perf_counter()
 
     @_fuzz_settings()
@@ -311,13 +305,16 @@ def test_fuzz_score_candidates(fuzzed):
           f"{dict(tally.codes)}")  # fmt: skip
     assert sum(tally.codes.values()) >= EXAMPLES
     assert tally.codes["OK"] > 0 and tally.codes["INVALID_ARGUMENT"] > 0
+    return tally
 
 
-def test_after_fuzzing_the_server_is_healthy_and_bounded(fuzzed):
+def test_fuzzed_server_stays_healthy_and_bounded(fuzzed):
+    """SelectAction and ScoreCandidates fuzzed in turn on one server, memory measured around both:
+    every answer is a documented status, and afterwards the server serves with bounded memory."""
     srv, channel, stub, info = fuzzed
-    if len(TALLIES) < 2 or "before" not in RSS:
-        pytest.skip("checks the server after the fuzz tests above: run the whole module")
-    assert sum(sum(t.codes.values()) for t in TALLIES.values()) >= 2000
+    before = warm_up_and_measure_memory(stub, info)
+    tallies = [fuzz_select_action(stub, info), fuzz_score_candidates(stub, info)]
+    assert sum(sum(t.codes.values()) for t in tallies) >= 2000
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     r = stub.SelectAction(good_select(info), timeout=60)
@@ -325,8 +322,6 @@ def test_after_fuzzing_the_server_is_healthy_and_bounded(fuzzed):
     assert np.isfinite(chunk).all() and not r.fallback
     assert srv.server.servicer.batcher.depth == 0
     gc.collect()
-    growth = rss_bytes() - RSS["before"]
-    print(
-        f"\nresident memory: {RSS['before'] / 2**20:.0f} MiB before fuzzing, growth {growth / 2**20:+.1f} MiB"
-    )
+    growth = rss_bytes() - before
+    print(f"\nresident memory: {before / 2**20:.0f} MiB before fuzzing, growth {growth / 2**20:+.1f} MiB")
     assert growth < RSS_GROWTH_LIMIT
