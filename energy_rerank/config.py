@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class EnergyConfig:
-    """Architecture of the energy head ; defaults follow the original OpenVLA-OFT energy head ("the seed")."""
+    """Architecture of the energy head; defaults follow the original OpenVLA-OFT energy head ("the seed")."""
 
     context_dim: int = 4096  # D_h: width of the policy hidden states the head reads
     action_dim: int = 7  # A: action dims the head scores (LIBERO: 7 = 6-D EE delta + gripper)
