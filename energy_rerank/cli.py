@@ -108,7 +108,9 @@ def command_lines(parser: argparse.ArgumentParser, prefix: str = "") -> list[tup
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # what was typed: a command may need to tell given flags from defaults (serve --config)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

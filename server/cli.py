@@ -142,7 +142,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="warn when the live switch rate exceeds this multiple of the expected one "
                         f"(and the expected one + {w.min_excess:g}) (default: %(default)s)")  # fmt: skip
     g.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    p.set_defaults(func=run)
+    g = p.add_argument_group("configuration file")
+    g.add_argument("--config", type=Path,
+                   help="a server config JSON (as --print-config writes it): its values replace the defaults "
+                        "above, and the flags given on the command line override it; the token never goes in it")  # fmt: skip
+    g.add_argument("--print-config", action="store_true",
+                   help="print the config these flags (and --config) give, as JSON, and exit")  # fmt: skip
+    p.set_defaults(func=run, serve_parser=p)
+
+
+# Flags whose dest is not the ServerConfig field they set ("a.b": a nested field; None: not one).
+DEST_FIELDS: dict[str, str | None] = {
+    "policy": "policy_path", "energy": "energy_path", "onnx": "onnx_path",
+    "max_message_mb": "max_message_bytes", "token_file": None, "log_level": None,
+    "max_batch": "batch.max_batch", "max_delay_us": "batch.max_delay_us", "queue_limit": "batch.queue_limit",
+    "switch_watch_window": "switch_watch.window", "switch_watch_factor": "switch_watch.factor",
+    "config": None, "print_config": None, "func": None, "serve_parser": None, "command": None,
+}  # fmt: skip
+
+
+def effective_config(args: argparse.Namespace) -> ServerConfig:
+    """The flags' config, or with --config the file's, overridden by the flags given on the command line."""
+    from energy_rerank.server.config_file import config_from_json, explicit_dests, merged
+
+    flags = config_from_args(args)
+    if args.config is None:
+        return flags
+    argv = list(getattr(args, "argv", []))
+    given = explicit_dests(args.serve_parser, argv[argv.index("serve") + 1 :] if "serve" in argv else argv)
+    return merged(config_from_json(args.config.read_text(), where=str(args.config)), flags, given, DEST_FIELDS)
 
 
 def observation_keys(text: str) -> ObservationKeys:
@@ -193,7 +221,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(config_from_args(args)))
+        config = effective_config(args)
+        if args.print_config:
+            from energy_rerank.server.config_file import config_to_json
+
+            print(config_to_json(config))
+            return 0
+        asyncio.run(serve(config))
     except (BundleError, OSError, ValueError) as e:  # bad paths, ports, flags: no traceback needed
         print(f"energy-rerank serve: error: {e}", file=sys.stderr)
         return 2
