@@ -168,3 +168,26 @@ def test_windows_layout_and_end_padding():
     del ep.obs["ee_ori"]
     with pytest.raises(RolloutFormatError, match=r"\['ee_ori'\]"):
         step_observation(ep, 0)
+
+
+def test_on_policy_rollouts_teach_the_expert_label_mixed_with_demos(tmp_path):
+    """A rollout step carrying obs/expert_label is learnt as that label (what should have been done
+    from the visited state), a demonstration step as its recorded a[t:t+H]; both through --data."""
+    from energy_rerank.data import load_data
+    from energy_rerank.rollouts.windows import LABEL_KEY
+
+    demo = _episode(6, 0)
+    demo.obs["interest_states"] = np.zeros((6, 14))
+    rollout = _episode(5, 1)
+    rollout.obs["interest_states"] = np.zeros((5, 14))
+    labels = np.random.default_rng(2).uniform(-1, 1, size=(5, 8, 7)).astype(np.float32)  # [T, H, A]
+    rollout.obs[LABEL_KEY] = labels
+    write_hdf5(tmp_path / "demos.hdf5", [demo])
+    write_hdf5(tmp_path / "rollouts.hdf5", [rollout])
+    data = load_data([str(tmp_path / "demos.hdf5"), str(tmp_path / "rollouts.hdf5")], chunk_len=4)
+    w = data.windows
+    assert len(w) == 6 + 5 and sorted(set(w.episode.tolist())) == [0, 1]
+    np.testing.assert_allclose(w.chunks[:6][0], demo.actions[:4])  # the demo: recorded actions
+    np.testing.assert_allclose(w.chunks[6:], labels[:, :4])  # the rollout: the expert's labels
+    assert not np.allclose(w.chunks[6], rollout.actions[:4])
+    assert all(LABEL_KEY not in vars(o) for o in w.observations)

@@ -30,8 +30,8 @@ import numpy as np
 
 from energy_rerank.libero.protocol import INIT_STATES_ATTR, TRAIN_INIT_STATES
 from energy_rerank.rollouts.episode import Episode
+from energy_rerank.rollouts.windows import LABEL_KEY  # the expert's chunk [H, 7] at every step
 
-LABEL_KEY = "expert_label"  # obs key of the expert's chunk [H, 7] at every step
 REPORT_FILE = "collect_report.json"
 
 

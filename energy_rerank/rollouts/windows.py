@@ -46,8 +46,16 @@ def observation_from_dict(obs: dict[str, np.ndarray], instruction: str, where: s
     return Observation(images=imgs, state=state, lowdim=lowdim, instruction=instruction)
 
 
+LABEL_KEY = "expert_label"  # obs key of on-policy rollouts: the expert's chunk [H, A] from every visited state
+
+
 def expert_chunk(ep: Episode, t: int, chunk_len: int) -> np.ndarray:
-    """a[t:t+H] [H, A]; past the episode's end the last action repeats (the robot holds still)."""
+    """The chunk to learn at step t [H, A]: in an on-policy rollout the expert's label from that
+    state (what should have been done there, not what the policy did); in a demonstration the
+    recorded a[t:t+H]. Past the end of either, the last action repeats (the robot holds still)."""
+    if LABEL_KEY in ep.obs:
+        label = np.asarray(ep.obs[LABEL_KEY][t], np.float32)  # [H_label, A]
+        return label[np.minimum(np.arange(chunk_len), len(label) - 1)]
     idx = np.minimum(np.arange(t, t + chunk_len), ep.length - 1)
     return ep.actions[idx].astype(np.float32)
 
@@ -92,7 +100,7 @@ def load_episodes(
     from energy_rerank.rollouts.parquet import read_lerobot_parquet
 
     wanted = None if demos is None else {f"demo_{i}" for i in demos}
-    keys = [*STANDARD_OBS_KEYS, "interest_states", "object_states", *(IMAGE_OBS_KEYS if images else ())]
+    keys = [*STANDARD_OBS_KEYS, "interest_states", "object_states", LABEL_KEY, *(IMAGE_OBS_KEYS if images else ())]
     episodes: list[Episode] = []
     for path in map(str, paths):
         if path.endswith(".parquet"):
