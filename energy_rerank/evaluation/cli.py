@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--policy", required=True, help="policy bundle directory (energy-rerank train-policy)")
     p.add_argument("--energy", required=True, help="energy head bundle directory (energy-rerank train)")
     p.add_argument("--out", required=True, help="output directory for report.json and the plots")
-    p.add_argument("--n-candidates", type=int_list, default=(1, 4, 16, 64, 256),
+    p.add_argument("--n-candidates", type=int_list, default="1,4,16,64,256",
                    help="candidate counts N to report, e.g. '1,16,64'")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="observations per policy/scorer call")
     p.add_argument("--seed", type=int, default=0, help="candidate seed (window i uses seed + i)")
@@ -155,7 +155,7 @@ def add_libero_parser(sub: Any) -> None:
     )
     p.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
     p.add_argument("--suite", default="libero_object", help="LIBERO suite")
-    p.add_argument("--tasks", type=int_list, default=(0,), help="task ids within the suite, e.g. '0-9' or '0,3,5'")
+    p.add_argument("--tasks", type=int_list, default="0", help="task ids within the suite, e.g. '0-9' or '0,3,5'")
     p.add_argument(
         "--episodes", type=int, default=None, help="episodes per task and setting: init states 0..K-1 (default 10)"
     )
@@ -173,7 +173,7 @@ def add_libero_parser(sub: Any) -> None:
         metavar="FILE",
         help="HDF5 files the policy or head learnt from: refuse init states their demos started from",
     )
-    p.add_argument("--n-candidates", type=int_list, default=(1, 16, 64),
+    p.add_argument("--n-candidates", type=int_list, default="1,16,64",
                    help="candidate counts N, one setting each, e.g. '1,16,64'")  # fmt: skip
     p.add_argument(
         "--switch-margins",

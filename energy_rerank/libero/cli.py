@@ -35,14 +35,14 @@ def add_parser(subparsers: Any) -> None:
     demos.add_argument(
         "--suite", default="libero_object", help="libero_object, libero_spatial or libero_goal"
     )
-    demos.add_argument("--tasks", type=int_list, default=tuple(range(10)), help="task ids, e.g. '0-9', '0,3,5' or '2'")
+    demos.add_argument("--tasks", type=int_list, default="0-9", help="task ids, e.g. '0-9', '0,3,5' or '2'")
     demos.add_argument("--episodes", type=int, default=10, help="successful episodes to keep per task")
     demos.add_argument("--max-attempts", type=int, default=50, help="attempts per task before giving up")
     demos.add_argument(
         "--init-states",
         type=parse_init_states,
-        default=TRAIN_INIT_STATES,
-        help="fixed init states the attempts walk through, e.g. '0-29' (default). 30-49 are held out for "
+        default="0-29",
+        help="fixed init states the attempts walk through. 30-49 are held out for "
         "closed-loop numbers and refused unless --allow-held-out",
     )
     demos.add_argument(

@@ -11,7 +11,7 @@ from energy_rerank.cli import HelpFormatter, int_list
 
 def add_parsers(sub: Any) -> None:
     """Register the on-policy actions under `energy-rerank libero`."""
-    from energy_rerank.libero.protocol import TRAIN_INIT_STATES, parse_init_states
+    from energy_rerank.libero.protocol import parse_init_states
 
     p = sub.add_parser(
         "takeover",
@@ -29,11 +29,11 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
     p.add_argument("--suite", default="libero_object", help="LIBERO suite")
-    p.add_argument("--tasks", type=int_list, default=tuple(range(10)), help="task ids, e.g. '0-9', '0,3,5' or '2'")
+    p.add_argument("--tasks", type=int_list, default="0-9", help="task ids, e.g. '0-9', '0,3,5' or '2'")
     p.add_argument(
         "--init-states",
         type=parse_init_states,
-        default=(0, 1, 2),
+        default="0-2",
         help="init states of the policy's episodes",
     )
     p.add_argument("--every", type=int, default=40, help="take over at visited steps every, 2 x every, ...")
@@ -61,9 +61,9 @@ def add_parsers(sub: Any) -> None:
     )
     c.add_argument("--server", required=True, help="server address host:port (any gRPC target)")
     c.add_argument("--suite", default="libero_object", help="LIBERO suite")
-    c.add_argument("--tasks", type=int_list, default=tuple(range(10)), help="task ids, e.g. '0-9', '0,3,5' or '2'")
-    c.add_argument("--init-states", type=parse_init_states, default=TRAIN_INIT_STATES,
-                   help="init states of the rollouts, one per task each (default 0-29)")  # fmt: skip
+    c.add_argument("--tasks", type=int_list, default="0-9", help="task ids, e.g. '0-9', '0,3,5' or '2'")
+    c.add_argument("--init-states", type=parse_init_states, default="0-29",
+                   help="init states of the rollouts, one per task each")  # fmt: skip
     c.add_argument("--allow-held-out", action="store_true", help="accept held-out init states (30-49)")
     c.add_argument(
         "--n-candidates", type=int, default=1, help="N per SelectAction (1 = the policy's own chunk)"

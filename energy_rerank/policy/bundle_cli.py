@@ -91,7 +91,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden-size", type=int, help="expected hidden size D (default: the checkpoint's; checked)")
     p.add_argument("--chunk-len", type=int, help="steps per chunk H (pi0 default: the checkpoint's chunk_size)")
     p.add_argument("--action-dim", type=int, default=7, help="robot action dims A")
-    p.add_argument("--gripper-dims", type=int_list, default=(6,), help="binary action dims, e.g. '6'")
+    p.add_argument("--gripper-dims", type=int_list, default="6", help="binary action dims, e.g. '6'")
     p.add_argument("--context-layer", type=int, default=-1, help="hidden state the energy head reads (0 = embeddings, -1 = last)")
     p.add_argument("--name", help="policy name reported to clients (default: the checkpoint directory's name)")
     p.add_argument("--relative", action="store_true", help="store the checkpoint path relative to the bundle")
