@@ -6,6 +6,8 @@ Real LIBERO simulator and a real `energy-rerank serve` subprocess with tiny rand
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,8 @@ def test_collect_writes_labelled_rollouts_and_resumes(tmp_path):
             path = out / "libero_object_task0.hdf5"
             stamp = path.stat().st_mtime_ns
             again = collect(client, cfg, out)  # the stage is done: skipped, the file untouched
+            sparse = tmp_path / "sparse"
+            collect(client, dataclasses.replace(cfg, init_states=(4,), label_every=3), sparse)
     assert path.stat().st_mtime_ns == stamp and again["tasks"] == report["tasks"]
     assert (out / REPORT_FILE).is_file() and not list(out.glob(".*partial"))
     assert report["tasks"]["0"]["episodes"] == 2 and report["tasks"]["0"]["steps"] == 20
@@ -57,3 +61,8 @@ def test_collect_writes_labelled_rollouts_and_resumes(tmp_path):
         sim.close()
     windows, tasks = load_windows([str(path)], chunk_len)  # the project's loaders read it
     assert len(windows) == 20 and set(tasks) == {"libero_object/0"}
+    (ep,) = read_hdf5(sparse / "libero_object_task0.hdf5")  # --label-every 3: steps 0, 3, 6, 9 labelled
+    labelled = np.isfinite(ep.obs[LABEL_KEY]).all(axis=(1, 2))
+    assert labelled.tolist() == [t % 3 == 0 for t in range(10)]
+    np.testing.assert_allclose(ep.obs[LABEL_KEY][3], episodes[0].obs[LABEL_KEY][3], atol=1e-5)  # same rollout
+    assert load_windows([str(sparse / "libero_object_task0.hdf5")], chunk_len)[0].step.tolist() == [0, 3, 6, 9]

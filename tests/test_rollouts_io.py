@@ -191,3 +191,9 @@ def test_on_policy_rollouts_teach_the_expert_label_mixed_with_demos(tmp_path):
     np.testing.assert_allclose(w.chunks[6:], labels[:, :4])  # the rollout: the expert's labels
     assert not np.allclose(w.chunks[6], rollout.actions[:4])
     assert all(LABEL_KEY not in vars(o) for o in w.observations)
+    labels[1::2] = np.nan  # collected with --label-every 2: the unlabelled steps make no window
+    rollout.obs[LABEL_KEY] = labels
+    write_hdf5(tmp_path / "rollouts.hdf5", [rollout], overwrite=True)
+    w = load_data([str(tmp_path / "rollouts.hdf5")], chunk_len=4).windows
+    assert w.step.tolist() == [0, 2, 4]
+    np.testing.assert_allclose(w.chunks, labels[::2, :4])

@@ -10,7 +10,8 @@ One HDF5 per task in the project's format (`rollouts.hdf5`), readable by `load_w
   data/demo_i/states             [T, S] MuJoCo states before each action (replayable)
   data/demo_i/rewards, dones     [T] 1 on the success step (all 0 for a failed episode)
   data/demo_i/obs/...            the low-dim observation keys, plus
-  data/demo_i/obs/expert_label   [T, H, 7] the expert's chunk from every visited state
+  data/demo_i/obs/expert_label   [T, H, 7] the expert's chunk from every (label_every-th) visited
+                                 state; NaN where a step was not labelled
   data attributes                init_states (one per demo), successes (one per demo), the server's
                                  model version, N and margin
 
@@ -46,10 +47,13 @@ class CollectConfig:
     switch_margin: float | None = None  # sent with every request; None = the server's
     seed: int = 0  # request seeds derive from (seed, task, init state)
     max_steps: int | None = None  # control-step cap; None = the suite's standard max steps
+    # label every k-th visited state (the expert's H steps from each label cost about as much as
+    # the rollout's own steps); the other steps' labels are NaN and make no training window
+    label_every: int = 1
 
     def __post_init__(self) -> None:
-        if not self.tasks or not self.init_states or self.num_candidates < 1:
-            raise ValueError(f"need some tasks, init states and N >= 1; got {self}")
+        if not self.tasks or not self.init_states or self.num_candidates < 1 or self.label_every < 1:
+            raise ValueError(f"need some tasks, init states, N >= 1 and label_every >= 1; got {self}")
         if self.switch_margin is not None and not self.switch_margin >= 0:
             raise ValueError(f"switch_margin must be >= 0 (inf: never switch), got {self.switch_margin}")
 
@@ -57,15 +61,19 @@ class CollectConfig:
 class _Labelling:
     """chunk_fn wrapper: labels the rollout's current state, then asks the served controller."""
 
-    def __init__(self, inner: Any, rollout: Any, scratch: Any, chunk_len: int) -> None:
+    def __init__(self, inner: Any, rollout: Any, scratch: Any, chunk_len: int, every: int = 1) -> None:
         self.inner, self.rollout, self.scratch, self.chunk_len = inner, rollout, scratch, chunk_len
+        self.every = every  # label every k-th step, NaN between
         self.labels: list[np.ndarray] = []  # [H, 7] per control step
 
     def __call__(self, obs: Any) -> np.ndarray:
         from energy_rerank.libero.relabel import expert_label
 
-        state, command = self.rollout.get_state(), self.rollout.gripper_command
-        self.labels.append(expert_label(self.scratch, state, self.chunk_len, gripper_command=command))
+        if len(self.labels) % self.every:
+            self.labels.append(np.full((self.chunk_len, 7), np.nan, np.float32))
+        else:
+            state, command = self.rollout.get_state(), self.rollout.gripper_command
+            self.labels.append(expert_label(self.scratch, state, self.chunk_len, gripper_command=command))
         return np.asarray(self.inner(obs))[:1]  # one action per call: a label for every step
 
 
@@ -107,7 +115,7 @@ def collect(client: Any, config: CollectConfig, out_dir: str | Path) -> dict[str
                     ),
                     episode_key=f"{config.suite}/{task}/{init}",
                 )
-                labelling = _Labelling(ctrl, sim, scratch, int(info.chunk_len))
+                labelling = _Labelling(ctrl, sim, scratch, int(info.chunk_len), config.label_every)
                 try:
                     res = run_episode(sim, labelling, init, max_steps=config.max_steps)
                 finally:

@@ -68,7 +68,10 @@ def episode_windows(
         raise ValueError(f"chunk_len and stride must be >= 1, got {chunk_len}, {stride}")
     obs, chunks, ep_idx, steps = [], [], [], []
     for e, ep in enumerate(episodes):
+        labels = ep.obs.get(LABEL_KEY)
         for t in range(0, ep.length, stride):
+            if labels is not None and not np.isfinite(labels[t]).all():
+                continue  # an on-policy step the expert did not label: nothing to learn there
             obs.append(step_observation(ep, t, images=images))
             chunks.append(expert_chunk(ep, t, chunk_len))
             ep_idx.append(e)
