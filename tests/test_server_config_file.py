@@ -7,8 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
-
 from energy_rerank.cli import build_parser, main
 from energy_rerank.server.cli import DEST_FIELDS, config_from_args
 from energy_rerank.server.config import ServerConfig
