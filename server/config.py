@@ -9,7 +9,7 @@ from typing import Any
 import energy_rerank
 from energy_rerank.candidates import MAX_CANDIDATES, SamplerConfig
 from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
-from energy_rerank.reranker import check_switch_margin
+from energy_rerank.selection import check_switch_margin
 from energy_rerank.server.batcher import BatchConfig
 from energy_rerank.server.images import DEFAULT_REQUEST_PIXELS
 from energy_rerank.server.observation_keys import ObservationKeys
