@@ -52,6 +52,16 @@ class ActionTokens:
     trailing: int = 0  # tokens after the action tokens (not read by the head)
     trailing_id: int = 0  # input id of those trailing tokens (e.g. the tokenizer's EOS)
 
+    def check(self, chunk_len: int) -> None:
+        """The placeholders must cover the chunk exactly: count = chunk_len * tokens_per_step."""
+        if self.tokens_per_step < 1 or self.count != chunk_len * self.tokens_per_step:
+            raise ValueError(
+                f"action_tokens.count={self.count} must equal chunk_len * tokens_per_step = "
+                f"{chunk_len} * {self.tokens_per_step} = {chunk_len * max(self.tokens_per_step, 0)}"
+            )
+        if self.trailing < 0:
+            raise ValueError(f"action_tokens.trailing must be >= 0, got {self.trailing}")
+
 
 @dataclass(frozen=True)
 class HFAdapterConfig:
@@ -73,14 +83,7 @@ class HFAdapterConfig:
     context_layer: int = -1  # hidden state the energy head reads: 0 = embeddings, l = layer l, -1 = last
 
     def __post_init__(self) -> None:
-        t = self.action_tokens
-        if t.tokens_per_step < 1 or t.count != self.chunk_len * t.tokens_per_step:
-            raise ValueError(
-                f"action_tokens.count={t.count} must equal chunk_len * tokens_per_step = "
-                f"{self.chunk_len} * {t.tokens_per_step} = {self.chunk_len * max(t.tokens_per_step, 0)}"
-            )
-        if t.trailing < 0:
-            raise ValueError(f"action_tokens.trailing must be >= 0, got {t.trailing}")
+        self.action_tokens.check(self.chunk_len)
         if self.tokenizer not in ("byte", "auto"):
             raise ValueError(f"tokenizer must be 'byte' or 'auto', got {self.tokenizer!r}")
         if "{instruction}" not in self.prompt:

@@ -65,14 +65,7 @@ class ImageVLAConfig:
     name: str = "image-vla"  # reported in PolicyDescription
 
     def __post_init__(self) -> None:
-        t = self.action_tokens
-        if t.tokens_per_step < 1 or t.count != self.chunk_len * t.tokens_per_step:
-            raise ValueError(
-                f"action_tokens.count={t.count} must equal chunk_len * tokens_per_step = "
-                f"{self.chunk_len} * {t.tokens_per_step}"
-            )
-        if t.trailing < 0:
-            raise ValueError(f"action_tokens.trailing must be >= 0, got {t.trailing}")
+        self.action_tokens.check(self.chunk_len)
         if not self.cameras:
             raise ValueError("cameras must name at least one camera: an image VLA reads images")
         if "{instruction}" not in self.prompt:
