@@ -219,6 +219,10 @@ def test_libero_demos_refuses_held_out_init_states(tmp_path):
     args = parser.parse_args(["libero", "demos", "--init-states", "25-35", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="30-35 are held out"):
         args.func(args)
+    # on-policy collection follows the same rule, refused before any server is contacted
+    args = parser.parse_args(["libero", "collect", "--server", "x", "--init-states", "28-31", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="30-31 are held out"):
+        args.func(args)
 
 
 def test_switch_margins_flag():

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from energy_rerank.cli import HelpFormatter, int_list
-from energy_rerank.libero.protocol import HELD_OUT_INIT_STATES, TRAIN_INIT_STATES, parse_init_states, span
+from energy_rerank.libero.protocol import parse_init_states, refuse_held_out
 
 
 def add_parser(subparsers: Any) -> None:
@@ -66,12 +66,7 @@ def add_parser(subparsers: Any) -> None:
 def _demos(args: argparse.Namespace) -> int:
     from energy_rerank.libero.demos import DemoConfig, generate_demos
 
-    held_out = sorted(set(args.init_states) & set(HELD_OUT_INIT_STATES))
-    if held_out and not args.allow_held_out:
-        raise SystemExit(
-            f"--init-states: {span(held_out)} are held out for closed-loop numbers "
-            f"({span(HELD_OUT_INIT_STATES)}); use {span(TRAIN_INIT_STATES)}, or pass --allow-held-out"
-        )
+    refuse_held_out(args.init_states, args.allow_held_out)
     cfg = DemoConfig(
         suite=args.suite,
         task_ids=args.tasks,

@@ -120,14 +120,10 @@ def _takeover(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     from energy_rerank.libero.collect import CollectConfig, collect
-    from energy_rerank.libero.protocol import HELD_OUT_INIT_STATES, span
+    from energy_rerank.libero.protocol import refuse_held_out
     from energy_rerank_client import RerankClient
 
-    held_out = sorted(set(args.init_states) & set(HELD_OUT_INIT_STATES))
-    if held_out and not args.allow_held_out:
-        raise SystemExit(
-            f"--init-states: {span(held_out)} are held out for closed-loop numbers; pass --allow-held-out"
-        )
+    refuse_held_out(args.init_states, args.allow_held_out)
     try:
         cfg = CollectConfig(
             suite=args.suite,

@@ -56,6 +56,16 @@ def recorded_init_states(path: str | Path) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(i) for i in value)
 
 
+def refuse_held_out(init_states: Sequence[int], allow: bool, flag: str = "--init-states") -> None:
+    """Data that trains or calibrates must not start from a held-out init state (unless `allow`)."""
+    held_out = sorted(set(init_states) & set(HELD_OUT_INIT_STATES))
+    if held_out and not allow:
+        raise SystemExit(
+            f"{flag}: {span(held_out)} are held out for closed-loop numbers ({span(HELD_OUT_INIT_STATES)}); "
+            f"use {span(TRAIN_INIT_STATES)}, or pass --allow-held-out"
+        )
+
+
 def check_held_out(init_states: Sequence[int], trained_on: Sequence[str | Path]) -> list[str]:
     """Raise ValueError if any of `init_states` is one the files learnt from; returns the files that
     record no init states (they cannot be checked; the caller says so)."""
