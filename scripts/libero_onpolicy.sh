@@ -1,67 +1,127 @@
 #!/usr/bin/env bash
-# One on-policy round on LIBERO-Object: the served policy's own rollouts, labelled at every step
-# by the scripted expert, train an energy head where the policy actually goes; its switch margin
-# is calibrated on other on-policy rollouts; it is then measured closed loop on the held-out init
-# states against the policy alone (paired: same init states, same request seeds).
+# On-policy heads on LIBERO-Object, round after round (DAgger-style): the served robot's own
+# rollouts, labelled by the scripted expert, train an energy head where the robot actually goes;
+# its switch margin is calibrated on other on-policy rollouts; it is measured closed loop on the
+# held-out init states against the policy alone (paired: same init states, same request seeds).
 #
 #   bash scripts/libero_onpolicy.sh POLICY_DIR [RUN_DIR]     # e.g. runs/libero_ceiling/policy
 #
-# Init states: rollouts for training 0-19, for calibration 20-29, reported 30-49. Each stage is
-# skipped when its output exists (collection resumes task by task), so a cut-off run resumes.
+# Stages, each skipped when its output exists (collection also resumes task by task):
+#   round0/{rollouts,calibration}   the base policy alone (N = 1), labelled every LABEL_EVERY-th step
+#   roundK/features, head           head K trained on the rollouts of rounds 0 .. K-1
+#   roundK/head/selection.json      its margin, calibrated on round K-1's calibration rollouts
+#   roundK/closed_loop              N = 1 and head K at N on the held-out init states
+#   roundK/{rollouts,calibration}   (K < ROUNDS) the robot with head K at N: round K+1's new data
+#   demo_head/...                   (DEMO_HEAD=1) the same head trained on the demonstrations only
+#   finetuned/...                   (FINETUNE=1) the honest alternative: the policy itself cloned
+#                                   again on the demos plus every relabelled rollout, alone (N = 1)
+#                                   and with a head on its own features at N
+# Init states: rollouts for training TRAIN_STATES, for calibration CALIB_STATES, reported HELD_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 POLICY=${1:?usage: libero_onpolicy.sh POLICY_DIR [RUN_DIR]}
-RUN=${2:-runs/libero_onpolicy_r1}
+RUN=${2:-runs/libero_onpolicy}
+DEMOS_DIR=${DEMOS_DIR:-$(dirname "$POLICY")/demos}   # the policy's demonstrations (demo head, fine-tune)
+ROUNDS=${ROUNDS:-2}             # heads trained; round K > 1 collects with head K-1
 TRAIN_STATES=${TRAIN_STATES:-0-19}
 CALIB_STATES=${CALIB_STATES:-20-29}
 HELD_OUT=${HELD_OUT:-30-49}
 N=${N:-64}
 STEPS=${STEPS:-1200}            # energy-head optimiser steps
+POLICY_STEPS=${POLICY_STEPS:-300}  # behaviour-cloning steps of the fine-tuned policy (the base's)
 LABEL_EVERY=${LABEL_EVERY:-4}   # expert labels every k-th visited state (each costs H expert steps)
 WORKERS=${WORKERS:-2}
+DEMO_HEAD=${DEMO_HEAD:-1}
+FINETUNE=${FINETUNE:-1}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 mkdir -p "$RUN"
 say() { echo "[$(date +%T)] $*"; }
 servers=()
 trap 'for s in "${servers[@]}"; do kill "$s" 2>/dev/null || true; done' EXIT
+port=50080
 
-serve() {  # serve POLICY ENERGY PORT LOG: start a server, wait until it listens
-  "$BIN/energy-rerank" serve --policy "$1" ${2:+--energy "$2"} --address "127.0.0.1:$3" --metrics-port -1 \
-    --max-candidates "$N" > "$4" 2>&1 &
+serve() {  # serve POLICY ENERGY LOG: stop the last server, start one on the next port, wait until it listens
+  for s in "${servers[@]}"; do kill "$s" 2>/dev/null || true; done
+  servers=()
+  port=$((port + 1))
+  "$BIN/energy-rerank" serve --policy "$1" ${2:+--energy "$2"} --address "127.0.0.1:$port" --metrics-port -1 \
+    --max-candidates "$N" > "$3" 2>&1 &
   servers+=($!)
-  for _ in $(seq 120); do grep -q "listening on" "$4" && return 0; sleep 1; done
-  cat "$4"; return 1
+  for _ in $(seq 120); do grep -q "listening on" "$3" && return 0; sleep 1; done
+  cat "$3"; return 1
 }
 
-if [ ! -f "$RUN/rollouts/collect_report.json" ] || [ ! -f "$RUN/calibration/collect_report.json" ]; then
-  serve "$POLICY" "" 50072 "$RUN/server_base.log"
-  say "on-policy rollouts for training (init states $TRAIN_STATES), labelled by the expert"
-  "$BIN/energy-rerank" libero collect --server 127.0.0.1:50072 --tasks 0-9 --init-states "$TRAIN_STATES" \
-    --n-candidates 1 --label-every "$LABEL_EVERY" --out "$RUN/rollouts"
-  say "on-policy rollouts for calibration (init states $CALIB_STATES)"
-  "$BIN/energy-rerank" libero collect --server 127.0.0.1:50072 --tasks 0-9 --init-states "$CALIB_STATES" \
-    --n-candidates 1 --label-every "$LABEL_EVERY" --out "$RUN/calibration"
+collect() {  # collect OUT_DIR POLICY ENERGY N SEED: training and calibration rollouts, side by side
+  local out=$1
+  if [ -f "$out/rollouts/collect_report.json" ] && [ -f "$out/calibration/collect_report.json" ] \
+    && [ "$(ls "$out"/rollouts/*.hdf5 | wc -l)" -ge 10 ] && [ "$(ls "$out"/calibration/*.hdf5 | wc -l)" -ge 10 ]; then
+    return 0
+  fi
+  serve "$2" "$3" "$out.server.log"
+  say "$out: rollouts at N=$4 (training: init states $TRAIN_STATES, calibration: $CALIB_STATES), expert labels"
+  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --tasks 0-9 --init-states "$TRAIN_STATES" \
+    --n-candidates "$4" --seed "$5" --label-every "$LABEL_EVERY" --out "$out/rollouts" > "$out.train.log" 2>&1 &
+  local a=$!
+  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --tasks 0-9 --init-states "$CALIB_STATES" \
+    --n-candidates "$4" --seed "$5" --label-every "$LABEL_EVERY" --out "$out/calibration" > "$out.calib.log" 2>&1 &
+  local b=$!
+  wait $a && wait $b
+}
+
+head_stage() {  # head_stage DIR POLICY CALIB_DIR DATA...: features, head, margin, closed loop
+  local dir=$1 policy=$2 calib=$3
+  shift 3
+  if [ ! -f "$dir/features/cache.json" ]; then
+    say "$dir: features of the frozen policy on $# sources"
+    rm -rf "$dir/features"
+    "$BIN/energy-rerank" cache-features --policy "$policy" --data "$@" --batch-size 128 --out "$dir/features"
+  fi
+  if [ ! -f "$dir/head/model.safetensors" ]; then
+    say "$dir: energy head, listwise over the served candidates ranked by L1 to the expert's label"
+    "$BIN/energy-rerank" train --preset tiny-reference --loss listwise --cache "$dir/features" --steps "$STEPS" \
+      --out "$dir/head" > "$dir/train.log" 2>&1
+  fi
+  if [ ! -f "$dir/head/selection.json" ]; then
+    say "$dir: switch margin calibrated on $calib"
+    "$BIN/energy-rerank" eval offline --data "$calib" --policy "$policy" --energy "$dir/head" \
+      --n-candidates "1,4,16,$N" --stride 2 --write-margin --out "$dir/eval_offline" > "$dir/eval_offline.json"
+  fi
+  closed_loop "$dir" "$policy" "$dir/head" head
+}
+
+closed_loop() {  # closed_loop DIR POLICY ENERGY SELECTORS: N = 1 and N on the held-out init states
+  local dir=$1
+  if [ -f "$dir/closed_loop/report.json" ] && grep -q '"complete": true' "$dir/closed_loop/report.json"; then
+    return 0
+  fi
+  serve "$2" "$3" "$dir/server.log"
+  say "$dir: closed loop on init states $HELD_OUT, N=1 and $4 at N=$N"
+  # shellcheck disable=SC2086
+  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite libero_object --tasks 0-9 \
+    --init-states "$HELD_OUT" --trained-on "$RUN"/round*/rollouts/*.hdf5 "$RUN"/round*/calibration/*.hdf5 \
+    --n-candidates "1,$N" --selectors $4 --workers "$WORKERS" --out "$dir/closed_loop" > "$dir/closed_loop.log" 2>&1
+}
+
+collect "$RUN/round0" "$POLICY" "" 1 0
+for k in $(seq 1 "$ROUNDS"); do
+  data=()
+  for j in $(seq 0 $((k - 1))); do data+=("$RUN/round$j/rollouts"); done
+  head_stage "$RUN/round$k" "$POLICY" "$RUN/round$((k - 1))/calibration" "${data[@]}"
+  if [ "$k" -lt "$ROUNDS" ]; then collect "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$N" "$k"; fi
+done
+if [ "$DEMO_HEAD" = 1 ]; then
+  head_stage "$RUN/demo_head" "$POLICY" "$RUN/round0/calibration" "$DEMOS_DIR"
 fi
-if [ ! -f "$RUN/features/cache.json" ]; then
-  say "features of the frozen policy on its own rollouts"
-  "$BIN/energy-rerank" cache-features --policy "$POLICY" --data "$RUN/rollouts" --batch-size 128 --out "$RUN/features"
+if [ "$FINETUNE" = 1 ]; then
+  data=("$DEMOS_DIR")
+  for j in $(seq 0 $((ROUNDS - 1))); do data+=("$RUN/round$j/rollouts"); done
+  if [ ! -f "$RUN/finetuned/policy/config.json" ]; then
+    say "finetuned: the policy cloned on the demos plus every relabelled rollout ($POLICY_STEPS steps)"
+    mkdir -p "$RUN/finetuned"
+    "$BIN/energy-rerank" train-policy --data "${data[@]}" --val-data "$RUN/round0/calibration" --max-text-len 16 \
+      --steps "$POLICY_STEPS" --no-progress --out "$RUN/finetuned/policy" > "$RUN/finetuned/policy.json"
+  fi
+  head_stage "$RUN/finetuned" "$RUN/finetuned/policy" "$RUN/round$((ROUNDS - 1))/calibration" "${data[@]:1}"
 fi
-if [ ! -f "$RUN/head/model.safetensors" ]; then
-  say "energy head: listwise over the served candidates, ranked by L1 to the expert's label"
-  "$BIN/energy-rerank" train --preset tiny-reference --loss listwise --cache "$RUN/features" --steps "$STEPS" \
-    --out "$RUN/head" > "$RUN/train.log" 2>&1
-fi
-if [ ! -f "$RUN/head/selection.json" ]; then
-  say "switch margin calibrated on the calibration rollouts (labels as targets)"
-  "$BIN/energy-rerank" eval offline --data "$RUN/calibration" --policy "$POLICY" --energy "$RUN/head" \
-    --n-candidates "1,4,16,$N" --stride 2 --write-margin --out "$RUN/eval_offline" > "$RUN/eval_offline.json"
-fi
-if [ ! -f "$RUN/closed_loop/report.json" ] || ! grep -q '"complete": true' "$RUN/closed_loop/report.json"; then
-  serve "$POLICY" "$RUN/head" 50073 "$RUN/server_head.log"
-  say "closed loop on init states $HELD_OUT: N=1 and the head at N=$N (calibrated margin)"
-  "$BIN/energy-rerank" eval libero --server 127.0.0.1:50073 --suite libero_object --tasks 0-9 \
-    --init-states "$HELD_OUT" --trained-on "$RUN"/rollouts/*.hdf5 "$RUN"/calibration/*.hdf5 \
-    --n-candidates "1,$N" --selectors head --workers "$WORKERS" --out "$RUN/closed_loop"
-fi
-say "done: $RUN/closed_loop/report.json"
+say "done: $RUN/round*/closed_loop/report.json"

@@ -56,6 +56,49 @@ def add_parser(subparsers: Any) -> None:
     )
     p.set_defaults(func=_offline)
     add_libero_parser(sub)  # closed loop through the server, below
+    add_table_parser(sub)
+
+
+def add_table_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "table",
+        help="closed-loop reports -> one markdown table, every row paired against one base setting",
+        description=(
+            "Reads `eval libero` report.json files and prints one markdown row per --row: successes, Wilson "
+            "95%% interval, the share of steps where a non-base chunk was chosen, episodes won / lost against "
+            "--base on the same task and init state, the exact two-sided sign test on those, and successes "
+            "per task. Rows may come from different runs (another policy, another head) as long as they ran "
+            "the same init states with the same request seeds; a row whose episodes differ from the base's "
+            "is refused. A row is LABEL::REPORT[#SETTING]: REPORT a report.json or its directory, SETTING one "
+            "of the report's settings ('N=1', 'N=64', 'N=64 oracle', 'N=64 M=4'; default N=1)."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--base", required=True, metavar="ROW", help="the setting every row is paired against, e.g. "
+                   "'N = 1::runs/x/closed_loop#N=1'")  # fmt: skip
+    p.add_argument("--row", nargs="+", required=True, metavar="ROW", help="rows in order (the base may be one)")
+    p.add_argument("--out", help="also write the table to this file (markdown) and FILE.json")
+    p.set_defaults(func=_table)
+
+
+def _table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from energy_rerank.evaluation.table import Row, render, table_rows
+
+    try:
+        base = Row.parse(args.base)
+        rows = table_rows([base if r == args.base else Row.parse(r) for r in args.row], base)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"eval table: {e}") from None
+    text = render(rows)
+    print(text, end="")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_name(out.name + ".json").write_text(json.dumps(rows, indent=1))
+    return 0
 
 
 def _offline(args: argparse.Namespace) -> int:

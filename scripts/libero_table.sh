@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The LIBERO-Object table from a fresh clone: for one base policy, the held-out closed loop (init
+# states 30-49 of all 10 tasks, 200 episodes per row, every row paired with the policy alone on the
+# same init states and request seeds): N = 1; random and oracle picks at N = 64; the
+# demonstration-only head; the on-policy head of every round; the policy cloned again on the same
+# relabelled data, alone and with a head. Every stage is resumable (see the two scripts it runs).
+#
+#   make setup && bash scripts/libero_table.sh                      # weak policy (2 demos per task)
+#   DEMOS=10 bash scripts/libero_table.sh runs/table_strong          # strong policy (10 demos per task)
+#
+# Writes RUN/table.md (and table.md.json). ROUNDS, STEPS, N, WORKERS pass through to the scripts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+RUN=${1:-runs/table_weak}
+N=${N:-64}
+ROUNDS=${ROUNDS:-2}
+export N ROUNDS
+start=$(date +%s)
+bash scripts/libero_ceiling.sh "$RUN/ceiling"
+bash scripts/libero_onpolicy.sh "$RUN/ceiling/policy" "$RUN/onpolicy"
+O=$RUN/onpolicy
+rows=("N = 1 (policy alone)::$RUN/ceiling/closed_loop#N=1"
+      "N = $N, random pick::$RUN/ceiling/closed_loop#N=$N random"
+      "N = $N, oracle (nearest the expert's label)::$RUN/ceiling/closed_loop#N=$N oracle")
+[ -d "$O/demo_head/closed_loop" ] && rows+=("N = $N, demonstration-only head::$O/demo_head/closed_loop#N=$N")
+for k in $(seq 1 "$ROUNDS"); do rows+=("N = $N, on-policy head, round $k::$O/round$k/closed_loop#N=$N"); done
+if [ -d "$O/finetuned/closed_loop" ]; then
+  rows+=("policy retrained on the relabelled rollouts, N = 1::$O/finetuned/closed_loop#N=1"
+         "retrained policy + its on-policy head, N = $N::$O/finetuned/closed_loop#N=$N")
+fi
+"$BIN/energy-rerank" eval table --base "${rows[0]}" --row "${rows[@]}" --out "$RUN/table.md"
+echo "table: $RUN/table.md ($(( $(date +%s) - start )) s this run)"
