@@ -10,12 +10,14 @@
 #   round0/{rollouts,calibration}   the base policy alone (N = 1), labelled every LABEL_EVERY-th step
 #   roundK/features, head           head K trained on the rollouts of rounds 0 .. K-1
 #   roundK/head/selection.json      its margin, calibrated on round K-1's calibration rollouts
-#   roundK/closed_loop              N = 1 and head K at N on the held-out init states
+#   base/closed_loop                the base policy alone (N = 1) on the held-out init states
+#   roundK/closed_loop              head K at N on the held-out init states (paired with base/)
 #   roundK/{rollouts,calibration}   (K < ROUNDS) the robot with head K at N: round K+1's new data
 #   demo_head/...                   (DEMO_HEAD=1) the same head trained on the demonstrations only
 #   finetuned/...                   (FINETUNE=1) the honest alternative: the policy itself cloned
 #                                   again on the demos plus every relabelled rollout, alone (N = 1)
 #                                   and with a head on its own features at N
+# `eval table` (scripts/libero_table.sh) pairs every closed loop with base/ on the same episodes.
 # Init states: rollouts for training TRAIN_STATES, for calibration CALIB_STATES, reported HELD_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,23 +89,24 @@ head_stage() {  # head_stage DIR POLICY CALIB_DIR DATA...: features, head, margi
     "$BIN/energy-rerank" eval offline --data "$calib" --policy "$policy" --energy "$dir/head" \
       --n-candidates "1,4,16,$N" --stride 2 --write-margin --out "$dir/eval_offline" > "$dir/eval_offline.json"
   fi
-  closed_loop "$dir" "$policy" "$dir/head" head
+  # the base policy's N = 1 is run once (base/closed_loop); `eval table` pairs every head with it
+  closed_loop "$dir" "$policy" "$dir/head" "$([ "$policy" = "$POLICY" ] && echo "$N" || echo "1,$N")"
 }
 
-closed_loop() {  # closed_loop DIR POLICY ENERGY SELECTORS: N = 1 and N on the held-out init states
+closed_loop() {  # closed_loop DIR POLICY ENERGY NS: the head at each of NS on the held-out init states
   local dir=$1
   if [ -f "$dir/closed_loop/report.json" ] && grep -q '"complete": true' "$dir/closed_loop/report.json"; then
     return 0
   fi
   serve "$2" "$3" "$dir/server.log"
-  say "$dir: closed loop on init states $HELD_OUT, N=1 and $4 at N=$N"
-  # shellcheck disable=SC2086
+  say "$dir: closed loop on init states $HELD_OUT at N=$4"
   "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite libero_object --tasks 0-9 \
     --init-states "$HELD_OUT" --trained-on "$RUN"/round*/rollouts/*.hdf5 "$RUN"/round*/calibration/*.hdf5 \
-    --n-candidates "1,$N" --selectors $4 --workers "$WORKERS" --out "$dir/closed_loop" > "$dir/closed_loop.log" 2>&1
+    --n-candidates "$4" --workers "$WORKERS" --out "$dir/closed_loop" > "$dir/closed_loop.log" 2>&1
 }
 
 collect "$RUN/round0" "$POLICY" "" 1 0
+closed_loop "$RUN/base" "$POLICY" "" 1
 for k in $(seq 1 "$ROUNDS"); do
   data=()
   for j in $(seq 0 $((k - 1))); do data+=("$RUN/round$j/rollouts"); done
