@@ -41,3 +41,8 @@ assets: setup
 
 clean:
 	rm -rf $(VENV) .venv-client .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerates the CLI reference (docs/cli.md) from the argparse parsers; a test fails when it is stale.
+.PHONY: docs
+docs: setup
+	$(PY) -m energy_rerank.cli_reference > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
