@@ -16,7 +16,7 @@ from energy_rerank.server.observation_keys import ObservationKeys
 from energy_rerank.server.switch_watch import WatchConfig
 
 # The embedded default served by a bare `energy-rerank serve`: the tiny reference policy and an
-# energy head trained on the synthetic task with the project's own commands (see README).
+# energy head trained on the synthetic task with the project's own commands (see docs/training.md).
 ASSETS = Path(energy_rerank.__file__).resolve().parent / "assets" / "default"
 DEFAULT_POLICY = ASSETS / "policy"
 DEFAULT_ENERGY = ASSETS / "energy"
@@ -34,7 +34,7 @@ class ServerConfig:
     fp32_precision: str = "tf32x3"
     # triton: "fused" chains of hidden-wide layers (6 launches a call), "fused_cublas" (the same,
     # context's D_h-wide product on cuBLAS; bf16), "layered" (21), or "auto": every plan that can
-    # run captured per CUDA-graph bucket at start-up and the fastest kept (kernels/README.md)
+    # run captured per CUDA-graph bucket at start-up and the fastest kept (docs/kernels.md)
     chains: str = "auto"
     address: str = "127.0.0.1:50051"  # host:port to bind; loopback unless exposed on purpose
     # openpi's websocket protocol (server/openpi_frontend.py) on this host:port too; None = off

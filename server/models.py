@@ -42,7 +42,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
         if not (Path(path) / CONFIG_FILE).is_file():
             raise BundleError(
                 f"{what} bundle not found at {path} (no {CONFIG_FILE}); pass --{what.split()[0]} or build "
-                "the embedded default as the README explains"
+                "the embedded default as docs/serving.md explains"
             )
     proposer = load_policy(config.policy_path, config.device)
     energy = EnergyModel.from_pretrained(config.energy_path, map_location=config.device)

@@ -4,7 +4,7 @@
 switched on held-out episodes at each N (selection.json: calibration.held_out["switched@N"]).
 On a robot the rate can drift far above it: the policy visits states the demonstrations never
 showed, where the head's energies are least trustworthy (weak LIBERO policy: 36% switched in
-closed loop against 15% on the demos; README, LIBERO). A head switching that much is the first
+closed loop against 15% on the demos; docs/results.md). A head switching that much is the first
 thing to look at when a deployment goes worse than the offline numbers said.
 
 The watch keeps the last `window` comparable answers (argmin at the calibrated margin, N >= 2,

@@ -97,7 +97,7 @@ LOSS_PRESETS: dict[str, LossConfig] = {
     "infonce": LossConfig(),
     # Ranking among what the server will rank (48 sampler candidates around the base chunk plus the
     # layer chunks) against their true L1 to the expert, with a little InfoNCE to keep the expert
-    # lowest. Every head measured to beat its base chunk was trained with it (README, Results).
+    # lowest. Every head measured to beat its base chunk was trained with it (docs/results.md).
     "listwise": LossConfig(
         inbatch_weight=0.1,
         negatives_weight=0.1,

@@ -65,7 +65,7 @@ def add_table_parser(sub: Any) -> None:
         help="closed-loop reports -> one markdown table, every row paired against one base setting",
         description=(
             "Reads `eval libero` report.json files and prints one markdown row per --row: successes, Wilson "
-            "95%% interval, the share of steps where a non-base chunk was chosen, episodes won / lost against "
+            "95% interval, the share of steps where a non-base chunk was chosen, episodes won / lost against "
             "--base on the same task and init state, the exact two-sided sign test on those, and successes "
             "per task. Rows may come from different runs (another policy, another head) as long as they ran "
             "the same init states with the same request seeds; a row whose episodes differ from the base's "
@@ -121,7 +121,7 @@ def _offline(args: argparse.Namespace) -> int:
     sampler = CandidateSampler.for_policy(policy, read_head_record(args.energy).with_sampler(args.sigmas, args.gripper_mode))
     cfg = OfflineConfig(ns=args.n_candidates, batch=args.batch_size, seed=args.seed, sigma_scale=args.sigma_scale)
     # The largest N by default: the lowest energy falls as N grows, so a margin fitted at 64 lets more
-    # switches through at 256 and the error climbs again (LIBERO head seed 1, README); one fitted at the
+    # switches through at 256 and the error climbs again (LIBERO head seed 1, docs/results.md); one fitted at the
     # largest N keeps the curve flat at every smaller N, where it is merely a little conservative.
     margin_n = args.margin_n if args.margin_n is not None else max(cfg.ns)
     if margin_n not in cfg.ns:

@@ -64,7 +64,7 @@ class ReferenceConfig:
     head_blocks: int = 2  # MLPResNet blocks in the L1 action head
     head_hidden: int = 128  # MLPResNet width of the action head
     # Hidden states the energy head reads: index into [embeddings, layer 1, ..., layer L]; -1 = the
-    # last layer (the seed's). Earlier layers are a research option: no gain measured yet (README).
+    # last layer (the seed's). Earlier layers are a research option: no gain measured yet (docs/results.md).
     context_layer: int = -1
 
     def __post_init__(self) -> None:
