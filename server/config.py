@@ -16,7 +16,7 @@ from energy_rerank.server.observation_keys import ObservationKeys
 from energy_rerank.server.switch_watch import WatchConfig
 
 # The embedded default served by a bare `energy-rerank serve`: the tiny reference policy and an
-# energy head trained on the synthetic task with the project's own commands (see docs/training.md).
+# energy head trained on the synthetic task with the project's own commands (see docs/serving.md).
 ASSETS = Path(energy_rerank.__file__).resolve().parent / "assets" / "default"
 DEFAULT_POLICY = ASSETS / "policy"
 DEFAULT_ENERGY = ASSETS / "energy"
