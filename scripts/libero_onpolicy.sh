@@ -98,6 +98,7 @@ closed_loop() {  # closed_loop DIR POLICY ENERGY NS: the head at each of NS on t
   if [ -f "$dir/closed_loop/report.json" ] && grep -q '"complete": true' "$dir/closed_loop/report.json"; then
     return 0
   fi
+  mkdir -p "$dir"
   serve "$2" "$3" "$dir/server.log"
   say "$dir: closed loop on init states $HELD_OUT at N=$4"
   "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite libero_object --tasks 0-9 \
