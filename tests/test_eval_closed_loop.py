@@ -361,3 +361,55 @@ def test_parallel_workers_give_the_sequential_report(tmp_path):
     assert [e["episode"] for e in two["episodes"]] == [3, 30, 3, 30]
     with pytest.raises(ValueError, match="connect"):
         run_closed_loop(SimpleNamespace(info=lambda: None), ClosedLoopConfig(workers=2))
+
+
+def _sweep_report(successes_by_margin, base_successes, episodes=10):
+    """An `eval libero` sweep at N = 1 and N = 64 with explicit margins; successes per setting."""
+    from energy_rerank.evaluation.closed_loop import summarize
+
+    margins = tuple(successes_by_margin)
+    cfg = ClosedLoopConfig(tasks=(0,), episodes=episodes, ns=(1, 64), margins=margins)
+    lat = {"client_seconds": [0.02], "server_seconds": [0.01], "inference_seconds": [0.01]}
+    wins = {(1, None): base_successes, **{(64, m): k for m, k in successes_by_margin.items()}}
+    rows = [
+        {"task": 0, "n": n, "margin": m, "selector": sel, "episode": e, "success": e < wins[(n, m)], "steps": 50,
+         "requests": 1, "reranked_share": 0.0 if n == 1 else 0.1, "fallbacks": 0, **lat}
+        for n, m, sel in cfg.settings()
+        for e in range(episodes)
+    ]  # fmt: skip
+    return summarize(rows, cfg, server={"switch_margin": 0.0})
+
+
+def test_closed_loop_margin_is_the_best_sweep_setting_that_beats_the_policy(tmp_path):
+    from energy_rerank.checkpoint import read_head_record, write_switch_margin
+    from energy_rerank.evaluation.margin import closed_loop_margin
+    from energy_rerank.server.testing import write_tiny_bundles
+
+    # margin 0 switches on every step and fails; 4 and 7 tie at the best: the larger is kept
+    chosen = closed_loop_margin(_sweep_report({0.0: 1, 4.0: 6, 7.0: 6, math.inf: 3}, base_successes=3), 64)
+    assert chosen["margin"] == 7.0 and chosen["base_successes"] == 3
+    assert [r["margin"] for r in chosen["sweep"]] == [0.0, 4.0, 7.0, "inf"]
+    # nothing beats the policy alone: never switch
+    never = closed_loop_margin(_sweep_report({0.0: 1, 4.0: 3}, base_successes=3), 64)
+    assert never["margin"] == math.inf and never["held_out"] == {"switched@64": 0.0}
+    with pytest.raises(ValueError, match="no head setting at N = 16"):
+        closed_loop_margin(_sweep_report({4.0: 6}, base_successes=3), 16)
+
+    _, energy_dir = write_tiny_bundles(tmp_path)
+    margin = chosen.pop("margin")
+    write_switch_margin(energy_dir, margin, chosen)
+    record = read_head_record(energy_dir)
+    assert record.switch_margin == 7.0 and record.switch_rates is not None and record.switch_rates.at(64) == 0.1
+
+
+def test_eval_libero_refuses_to_calibrate_on_held_out_init_states(tmp_path, capsys):
+    from energy_rerank.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "libero", "--server", "127.0.0.1:1", "--init-states", "28-31", "--n-candidates", "1,64",
+              "--switch-margins", "4", "--write-margin", str(tmp_path), "--out", str(tmp_path / "o")])  # fmt: skip
+    assert "30-31 are held out" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "libero", "--server", "127.0.0.1:1", "--init-states", "20-21", "--n-candidates", "1,64",
+              "--switch-margins", "4", "--write-margin", str(tmp_path), "--out", str(tmp_path / "o")])  # fmt: skip
+    assert "not a bundle" in str(e.value)

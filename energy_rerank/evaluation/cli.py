@@ -250,6 +250,12 @@ def add_libero_parser(sub: Any) -> None:
     )
     p.add_argument("--video-episodes", type=int, default=2, help="filmed episodes per task and setting")
     p.add_argument("--out", required=True, help="output directory for report.json and the plots")
+    p.add_argument(
+        "--write-margin",
+        metavar="ENERGY_DIR",
+        help="after a --switch-margins sweep (not on held-out init states), record in this energy bundle "
+        "(selection.json) the margin with the most successes at the largest N, or inf when none beats N = 1",
+    )
     p.set_defaults(func=_libero)
 
 
@@ -281,7 +287,8 @@ def _libero(args: argparse.Namespace) -> int:
         raise SystemExit("--video-dir needs imageio (pip install imageio imageio-ffmpeg); not installed")
     import functools
 
-    from energy_rerank.libero.protocol import check_held_out
+    from energy_rerank.checkpoint import BundleError, read_head_record
+    from energy_rerank.libero.protocol import check_held_out, refuse_held_out
     from energy_rerank_client import RerankClient
 
     if args.init_states is not None and args.episodes is not None:
@@ -304,7 +311,10 @@ def _libero(args: argparse.Namespace) -> int:
             video_dir=args.video_dir,
         )
         unchecked = check_held_out(cfg.inits(), args.trained_on)
-    except (ValueError, FileNotFoundError) as e:
+        if args.write_margin:
+            refuse_held_out(cfg.inits(), allow=False, flag="--write-margin: the sweep's init states")
+            read_head_record(args.write_margin)  # an energy bundle, checked before the episodes run
+    except (ValueError, FileNotFoundError, BundleError) as e:
         raise SystemExit(f"eval libero: {e}") from None
     for path in unchecked:
         print(f"eval libero: {path} records no init states (written before they were recorded): not checked")
@@ -314,6 +324,14 @@ def _libero(args: argparse.Namespace) -> int:
             client, cfg, on_task_done=lambda partial: write_report(partial, args.out), connect=connect
         )
     paths = write_report(report, args.out)
+    if args.write_margin:
+        from energy_rerank.checkpoint import write_switch_margin
+        from energy_rerank.evaluation.margin import closed_loop_margin
+
+        calibration = closed_loop_margin(report, max(cfg.ns))
+        margin = calibration.pop("margin")
+        paths.append(write_switch_margin(args.write_margin, margin, calibration))
+        print(f"eval libero: switch margin {margin:g} written to {paths[-1]}")
     summary = {
         label: {
             "success": f"{s['overall']['successes']}/{s['overall']['episodes']}",

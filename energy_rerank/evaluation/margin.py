@@ -63,3 +63,41 @@ def calibrate(res: StepResults, n: int, ns: list[int]) -> dict[str, Any]:
         held_out[f"margin_share@{k}"] = float(gain.mean() / (base.mean() - oracle)) if base.mean() > oracle else 0.0
         held_out[f"margin_gain_se@{k}"] = episode_se(gain, res.episode[test])
     return {"n": n, "margin": best["margin"], "sweep": sweep, "held_out": held_out}
+
+
+def closed_loop_margin(report: dict[str, Any], n: int) -> dict[str, Any]:
+    """The switch margin chosen on closed-loop episodes (an `eval libero` report of a margin sweep):
+    among the head's settings at N = n, the one with the most successes, provided it has more than
+    N = 1 on the same episodes; otherwise inf (never switch). Ties go to the larger margin. Offline
+    chunk error can favour a margin that switches on nearly every step while the robot fails (a
+    small average gain in L1, spread over steps where a wrong switch ends the episode), so where
+    the simulator is at hand this is the calibration to serve with."""
+    settings = report["settings"]
+    if "N=1" not in settings:
+        raise ValueError("the sweep needs N = 1 (the policy alone) to compare the margins with")
+    base = settings["N=1"]["overall"]["successes"]
+    server_margin = report.get("server", {}).get("switch_margin")
+    sweep = []
+    for s in settings.values():
+        if s["n_candidates"] != n or s["selector"] != "head":
+            continue
+        margin = s["switch_margin"] if s["switch_margin"] is not None else server_margin
+        if margin is None:
+            continue
+        sweep.append({"margin": float(margin), "successes": s["overall"]["successes"],
+                      "episodes": s["overall"]["episodes"], "switched": s["reranked_share"]})  # fmt: skip
+    if not sweep:
+        raise ValueError(f"no head setting at N = {n} with a known switch margin in the report")
+    best = max(sweep, key=lambda r: (r["successes"], r["margin"]))
+    chosen = best if best["successes"] > base else None
+    return {
+        "source": "closed_loop",
+        "n": n,
+        "margin": chosen["margin"] if chosen else float("inf"),
+        "base_successes": base,
+        # strict JSON, as selection.json is written: an infinite margin is spelled "inf"
+        "sweep": [{**r, "margin": r["margin"] if np.isfinite(r["margin"]) else "inf"}
+                  for r in sorted(sweep, key=lambda r: r["margin"])],  # fmt: skip
+        # the switch rate the robot showed at that margin: what the server's switch-rate watch expects
+        "held_out": {f"switched@{n}": chosen["switched"] if chosen else 0.0},
+    }
