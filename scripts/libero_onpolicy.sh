@@ -9,7 +9,10 @@
 # Stages, each skipped when its output exists (collection also resumes task by task):
 #   round0/{rollouts,calibration}   the base policy alone (N = 1), labelled every LABEL_EVERY-th step
 #   roundK/features, head           head K trained on the rollouts of rounds 0 .. K-1
-#   roundK/head/selection.json      its margin, calibrated on round K-1's calibration rollouts
+#   roundK/head/selection.json      its margin, calibrated on round K-1's calibration rollouts:
+#                                   offline (L1 to the label), then, with CL_SWITCH_RATES, in closed
+#                                   loop on CALIB_STATES (roundK/margin_sweep): the margins at which the
+#                                   offline sweep switched at those rates, the one with most successes
 #   base/closed_loop                the base policy alone (N = 1) on the held-out init states
 #   roundK/closed_loop              head K at N on the held-out init states (paired with base/)
 #   roundK/{rollouts,calibration}   (K < ROUNDS) the robot with head K at N: round K+1's new data
@@ -36,6 +39,8 @@ LABEL_EVERY=${LABEL_EVERY:-4}   # expert labels every k-th visited state (each c
 WORKERS=${WORKERS:-2}
 DEMO_HEAD=${DEMO_HEAD:-1}
 FINETUNE=${FINETUNE:-1}
+COLLECT_MARGIN=${COLLECT_MARGIN:-}  # switch margin of the robot collecting round K > 0 ('' = the head's own)
+CL_SWITCH_RATES=${CL_SWITCH_RATES:-0.5,0.25,0.1}  # closed-loop margin sweep ('' = offline margin only)
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 mkdir -p "$RUN"
 say() { echo "[$(date +%T)] $*"; }
@@ -54,7 +59,7 @@ serve() {  # serve POLICY ENERGY LOG: stop the last server, start one on the nex
   cat "$3"; return 1
 }
 
-collect() {  # collect OUT_DIR POLICY ENERGY N SEED: training and calibration rollouts, side by side
+collect() {  # collect OUT_DIR POLICY ENERGY N SEED [MARGIN]: training and calibration rollouts, side by side
   local out=$1
   if [ -f "$out/rollouts/collect_report.json" ] && [ -f "$out/calibration/collect_report.json" ] \
     && [ "$(ls "$out"/rollouts/*.hdf5 | wc -l)" -ge 10 ] && [ "$(ls "$out"/calibration/*.hdf5 | wc -l)" -ge 10 ]; then
@@ -63,10 +68,10 @@ collect() {  # collect OUT_DIR POLICY ENERGY N SEED: training and calibration ro
   serve "$2" "$3" "$out.server.log"
   say "$out: rollouts at N=$4 (training: init states $TRAIN_STATES, calibration: $CALIB_STATES), expert labels"
   "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --tasks 0-9 --init-states "$TRAIN_STATES" \
-    --n-candidates "$4" --seed "$5" --label-every "$LABEL_EVERY" --out "$out/rollouts" > "$out.train.log" 2>&1 &
+    --n-candidates "$4" ${6:+--switch-margin "$6"} --seed "$5" --label-every "$LABEL_EVERY" --out "$out/rollouts" > "$out.train.log" 2>&1 &
   local a=$!
   "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --tasks 0-9 --init-states "$CALIB_STATES" \
-    --n-candidates "$4" --seed "$5" --label-every "$LABEL_EVERY" --out "$out/calibration" > "$out.calib.log" 2>&1 &
+    --n-candidates "$4" ${6:+--switch-margin "$6"} --seed "$5" --label-every "$LABEL_EVERY" --out "$out/calibration" > "$out.calib.log" 2>&1 &
   local b=$!
   wait $a && wait $b
 }
@@ -89,8 +94,27 @@ head_stage() {  # head_stage DIR POLICY CALIB_DIR DATA...: features, head, margi
     "$BIN/energy-rerank" eval offline --data "$calib" --policy "$policy" --energy "$dir/head" \
       --n-candidates "1,4,16,$N" --stride 2 --write-margin --out "$dir/eval_offline" > "$dir/eval_offline.json"
   fi
+  if [ -n "$CL_SWITCH_RATES" ] && ! grep -q '"closed_loop"' "$dir/head/selection.json"; then
+    margin_sweep "$dir" "$policy"
+  fi
   # the base policy's N = 1 is run once (base/closed_loop); `eval table` pairs every head with it
   closed_loop "$dir" "$policy" "$dir/head" "$([ "$policy" = "$POLICY" ] && echo "$N" || echo "1,$N")"
+}
+
+margin_sweep() {  # margin_sweep DIR POLICY: the head's margin chosen in closed loop on CALIB_STATES
+  local dir=$1 margins
+  margins=$("$BIN/python" -c '
+import json, sys
+sweep = json.load(open(sys.argv[1]))["switch_margin"]["sweep"]
+for rate in map(float, sys.argv[2].split(",")):  # the offline margin whose switch rate is nearest
+    print(round(min(sweep, key=lambda s: abs(s["switched"] - rate))["margin"], 4))
+' "$dir/eval_offline/report.json" "$CL_SWITCH_RATES" | sort -u | tr '\n' ' ')
+  serve "$2" "$dir/head" "$dir/server.log"
+  say "$dir: closed-loop margin sweep on init states $CALIB_STATES: $margins"
+  # shellcheck disable=SC2086  # one argument per margin
+  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite libero_object --tasks 0-9 \
+    --init-states "$CALIB_STATES" --n-candidates "1,$N" --switch-margins $margins --workers "$WORKERS" \
+    --write-margin "$dir/head" --out "$dir/margin_sweep" > "$dir/margin_sweep.log" 2>&1
 }
 
 closed_loop() {  # closed_loop DIR POLICY ENERGY NS: the head at each of NS on the held-out init states
@@ -112,7 +136,7 @@ for k in $(seq 1 "$ROUNDS"); do
   data=()
   for j in $(seq 0 $((k - 1))); do data+=("$RUN/round$j/rollouts"); done
   head_stage "$RUN/round$k" "$POLICY" "$RUN/round$((k - 1))/calibration" "${data[@]}"
-  if [ "$k" -lt "$ROUNDS" ]; then collect "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$N" "$k"; fi
+  if [ "$k" -lt "$ROUNDS" ]; then collect "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$N" "$k" "$COLLECT_MARGIN"; fi
 done
 if [ "$DEMO_HEAD" = 1 ]; then
   head_stage "$RUN/demo_head" "$POLICY" "$RUN/round0/calibration" "$DEMOS_DIR"
