@@ -19,6 +19,7 @@ import numpy as np
 from energy_rerank.checkpoint import SwitchExpectation
 from energy_rerank.policy.base import Observation
 from energy_rerank.reranker import PolicyFailure, Reranker, Selection, SelectParams
+from energy_rerank.selection import choose
 from energy_rerank.server import codec
 from energy_rerank.server._proto import rerank_pb2 as pb
 from energy_rerank.server._proto import rerank_pb2_grpc
@@ -152,7 +153,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServiceServicer):
         self.metrics.count_request("ScoreCandidates")
         return pb.ScoreCandidatesResponse(
             energies=codec.encode_energies(energies),
-            argmin=energies.argmin(axis=1).tolist(),
+            argmin=choose(energies).tolist(),  # the selection rule at margin 0: plain argmin
             model_version=reranker.model_version,
             timing=codec.encode_timing(timing),
         )
