@@ -34,6 +34,7 @@ CALIB_STATES=${CALIB_STATES:-20-29}
 HELD_OUT=${HELD_OUT:-30-49}
 N=${N:-64}
 STEPS=${STEPS:-1200}            # energy-head optimiser steps
+LOSS=${LOSS:-listwise}          # energy-head loss preset (listwise, listwise-gain: `train --loss`)
 POLICY_STEPS=${POLICY_STEPS:-300}  # behaviour-cloning steps of the fine-tuned policy (the base's)
 LABEL_EVERY=${LABEL_EVERY:-4}   # expert labels every k-th visited state (each costs H expert steps)
 WORKERS=${WORKERS:-2}
@@ -85,8 +86,8 @@ head_stage() {  # head_stage DIR POLICY CALIB_DIR DATA...: features, head, margi
     "$BIN/energy-rerank" cache-features --policy "$policy" --data "$@" --batch-size 128 --out "$dir/features"
   fi
   if [ ! -f "$dir/head/model.safetensors" ]; then
-    say "$dir: energy head, listwise over the served candidates ranked by L1 to the expert's label"
-    "$BIN/energy-rerank" train --preset tiny-reference --loss listwise --cache "$dir/features" --steps "$STEPS" \
+    say "$dir: energy head, $LOSS over the served candidates ranked by L1 to the expert's label"
+    "$BIN/energy-rerank" train --preset tiny-reference --loss "$LOSS" --cache "$dir/features" --steps "$STEPS" \
       --out "$dir/head" > "$dir/train.log" 2>&1
   fi
   if [ ! -f "$dir/head/selection.json" ]; then

@@ -22,11 +22,17 @@ Terms (weights in LossConfig):
   softmax(-L1(negative, expert) / listwise_temperature), so the head is also taught the *order*
   among imperfect chunks, which is what reranking policy candidates needs (InfoNCE alone only
   teaches "expert beats everything"). Best paired with `sampler_candidates` negatives.
+  With `listwise_gain_weighting` each sample's term is weighted by what choosing well is worth
+  there: the base chunk's L1 to the expert minus the best negative's (normalised to mean 1 over
+  the batch). Most steps of an episode offer almost nothing over the base chunk, and a uniform
+  average spends the head's capacity there; the steps where the policy is far off, and a
+  candidate is not, are the ones that decide an episode.
 tau is fixed, or adaptive: max(tau, 2 * std(E)) with std(E) detached. Logits are clamped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,6 +87,7 @@ class LossConfig:
     diversity_min_std: float = 0.1  # energy std below which the regulariser pushes back
     listwise_weight: float = 0.0  # weight of the listwise ranking term over the explicit negatives
     listwise_temperature: float = 0.05  # L1 distance scale of its soft targets (normalised action units)
+    listwise_gain_weighting: bool = False  # weight each sample's listwise term by base L1 - best L1 (mean 1)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)  # explicit negatives
 
     def __post_init__(self) -> None:
@@ -106,6 +113,8 @@ LOSS_PRESETS: dict[str, LossConfig] = {
         negatives=NegativesConfig(noise_sigmas=(), shuffled=0, other_samples=0, sampler_candidates=48),
     ),
 }
+# The same ranking, weighted towards the samples where a candidate beats the base chunk by most.
+LOSS_PRESETS["listwise-gain"] = dataclasses.replace(LOSS_PRESETS["listwise"], listwise_gain_weighting=True)
 
 
 @dataclass
@@ -186,7 +195,10 @@ def energy_loss(
         explicit_logits = torch.cat([logits[:, :b].diagonal()[:, None], logits[:, b:]], 1)  # [B, 1 + M]
         explicit = F.cross_entropy(explicit_logits, torch.zeros(b, dtype=torch.long, device=energies.device))
         margin = F.relu(cfg.margin + e_pos[:, None] - e_negs).mean()
-        listwise = listwise_loss(logits[:, b:], batch.expert, negatives, cfg.listwise_temperature)
+        listwise = listwise_loss(
+            logits[:, b:], batch.expert, negatives, cfg.listwise_temperature,
+            base=batch.base if cfg.listwise_gain_weighting else None,
+        )
     else:
         explicit = margin = listwise = zero
     diversity = F.relu(cfg.diversity_min_std - energies.std())
@@ -226,12 +238,26 @@ def energy_loss(
 
 
 def listwise_loss(
-    logits: torch.Tensor, expert: torch.Tensor, negatives: torch.Tensor, temperature: float
+    logits: torch.Tensor,
+    expert: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """logits [B, M] of negatives [B, M, H, A] -> cross-entropy against softmax(-L1 to expert / T)."""
+    """logits [B, M] of negatives [B, M, H, A] -> cross-entropy against softmax(-L1 to expert / T).
+
+    With base [B, H, A] each sample is weighted by L1(base) - min L1(negatives), clamped at 0 and
+    normalised to mean 1 (uniform when no sample has any gain)."""
     dist = (negatives - expert[:, None]).abs().mean(dim=(2, 3))  # [B, M] mean L1 to the expert
     target = torch.softmax(-dist / temperature, dim=1)
-    return -(target * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    per_sample = -(target * torch.log_softmax(logits, dim=1)).sum(1)  # [B]
+    if base is None:
+        return per_sample.mean()
+    gain = ((base - expert).abs().mean(dim=(1, 2)) - dist.min(1).values).clamp_min(0)  # [B]
+    total = gain.sum()
+    if not bool(total > 0):
+        return per_sample.mean()
+    return (per_sample * gain).sum() / total
 
 
 def seed_copy_energy_matrix(
