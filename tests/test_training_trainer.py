@@ -138,26 +138,30 @@ def test_cli_loss_and_sampler_flags_reach_the_config(tmp_path: Path) -> None:
         config("--sigmas", "0.1,x")
 
 
-def test_listwise_gain_weighting_counts_only_samples_with_something_to_gain() -> None:
-    from energy_rerank.training.losses import LOSS_PRESETS, listwise_loss
+def test_listwise_gain_weighting_leans_on_samples_with_something_to_gain() -> None:
+    from energy_rerank.training.losses import LOSS_PRESETS, LossConfig, listwise_loss
 
     g = torch.Generator().manual_seed(0)
     expert = torch.randn(3, 4, 2, generator=g)  # [B, H, A]
     negatives = expert[:, None] + 0.3 * torch.randn(3, 5, 4, 2, generator=g)  # [B, M, H, A]
     logits = torch.randn(3, 5, generator=g)  # [B, M]
     dist = (negatives - expert[:, None]).abs().mean(dim=(2, 3))  # [B, M]
-    # Sample 0's base is the expert (nothing to gain), sample 1's is twice as far off as sample 2's gain.
+    # Sample 0's base is the expert (nothing to gain), sample 1 gains twice as much as sample 2.
     base = expert.clone()
     base[1] += dist[1].min() + 0.2
     base[2] += dist[2].min() + 0.1
-    per_sample = [listwise_loss(logits[i : i + 1], expert[i : i + 1], negatives[i : i + 1], 0.02) for i in range(3)]
-    weighted = listwise_loss(logits, expert, negatives, 0.02, base=base)
-    assert torch.allclose(weighted, (2 * per_sample[1] + per_sample[2]) / 3, atol=1e-5)
-    assert torch.allclose(listwise_loss(logits, expert, negatives, 0.02), torch.stack(per_sample).mean())
+    per = torch.stack([listwise_loss(logits[i : i + 1], expert[i : i + 1], negatives[i : i + 1], 0.02) for i in range(3)])
+    assert torch.allclose(listwise_loss(logits, expert, negatives, 0.02), per.mean())
+    assert torch.allclose(listwise_loss(logits, expert, negatives, 0.02, base=base), per.mean())  # share 0
+    # Pure gain weights 0, 2, 1 (mean 1); half of it 0.5, 1.5, 1.
+    pure = listwise_loss(logits, expert, negatives, 0.02, base=base, gain_share=1.0)
+    assert torch.allclose(pure, (2 * per[1] + per[2]) / 3, atol=1e-5)
+    half = listwise_loss(logits, expert, negatives, 0.02, base=base, gain_share=0.5)
+    assert torch.allclose(half, (0.5 * per[0] + 1.5 * per[1] + per[2]) / 3, atol=1e-5)
     # No sample with any gain: the plain mean, not a division by zero.
-    assert torch.allclose(
-        listwise_loss(logits, expert, negatives, 0.02, base=expert), torch.stack(per_sample).mean()
-    )
+    assert torch.allclose(listwise_loss(logits, expert, negatives, 0.02, base=expert, gain_share=1.0), per.mean())
     gain = LOSS_PRESETS["listwise-gain"]
-    assert gain.listwise_gain_weighting and not LOSS_PRESETS["listwise"].listwise_gain_weighting
-    assert dataclasses.replace(gain, listwise_gain_weighting=False) == LOSS_PRESETS["listwise"]
+    assert gain.listwise_gain_share == 0.5 and LOSS_PRESETS["listwise"].listwise_gain_share == 0
+    assert dataclasses.replace(gain, listwise_gain_share=0.0) == LOSS_PRESETS["listwise"]
+    with pytest.raises(ValueError, match="listwise_gain_share"):
+        LossConfig(listwise_gain_share=1.5)

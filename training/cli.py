@@ -56,8 +56,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate of the energy head")
     p.add_argument("--loss", choices=sorted(LOSS_PRESETS),
                    help="loss terms: infonce (the seed's: expert vs negatives) or listwise (rank the server's own "
-                        "candidates by their L1 to the expert; use it for heads that will rerank) or listwise-gain (the same, each "
-                        "sample weighted by how much its best candidate beats the base chunk) (default: the preset's)")  # fmt: skip
+                        "candidates by their L1 to the expert; use it for heads that will rerank) or listwise-gain (the same, half of each "
+                        "sample's weight set by how much its best candidate beats the base chunk) (default: the preset's)")  # fmt: skip
     p.add_argument("--gripper-mode", choices=("keep", "flip", "vote"),
                    help="gripper of the sampler candidates used as negatives; match what eval/serve will use "
                         "(default: the preset's)")  # fmt: skip

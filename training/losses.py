@@ -22,11 +22,12 @@ Terms (weights in LossConfig):
   softmax(-L1(negative, expert) / listwise_temperature), so the head is also taught the *order*
   among imperfect chunks, which is what reranking policy candidates needs (InfoNCE alone only
   teaches "expert beats everything"). Best paired with `sampler_candidates` negatives.
-  With `listwise_gain_weighting` each sample's term is weighted by what choosing well is worth
-  there: the base chunk's L1 to the expert minus the best negative's (normalised to mean 1 over
-  the batch). Most steps of an episode offer almost nothing over the base chunk, and a uniform
-  average spends the head's capacity there; the steps where the policy is far off, and a
-  candidate is not, are the ones that decide an episode.
+  With `listwise_gain_share` > 0 a share of each sample's weight follows what choosing well is
+  worth there: the base chunk's L1 to the expert minus the best negative's (normalised to mean 1
+  over the batch). Most steps of an episode offer almost nothing over the base chunk, and a
+  uniform average spends the head's capacity there; the steps where the policy is far off, and a
+  candidate is not, are the ones that decide an episode. The uniform rest keeps the head ranking
+  on the other steps too, where a wrong switch still costs.
 tau is fixed, or adaptive: max(tau, 2 * std(E)) with std(E) detached. Logits are clamped.
 """
 
@@ -87,12 +88,14 @@ class LossConfig:
     diversity_min_std: float = 0.1  # energy std below which the regulariser pushes back
     listwise_weight: float = 0.0  # weight of the listwise ranking term over the explicit negatives
     listwise_temperature: float = 0.05  # L1 distance scale of its soft targets (normalised action units)
-    listwise_gain_weighting: bool = False  # weight each sample's listwise term by base L1 - best L1 (mean 1)
+    listwise_gain_share: float = 0.0  # share of a sample's listwise weight set by base L1 - best L1 (0: uniform)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)  # explicit negatives
 
     def __post_init__(self) -> None:
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
+        if not 0.0 <= self.listwise_gain_share <= 1.0:
+            raise ValueError(f"listwise_gain_share must be in [0, 1], got {self.listwise_gain_share}")
         if self.schedule not in ("fixed", "mixed"):
             raise ValueError(f"schedule must be 'fixed' or 'mixed', got {self.schedule!r}")
 
@@ -114,7 +117,7 @@ LOSS_PRESETS: dict[str, LossConfig] = {
     ),
 }
 # The same ranking, weighted towards the samples where a candidate beats the base chunk by most.
-LOSS_PRESETS["listwise-gain"] = dataclasses.replace(LOSS_PRESETS["listwise"], listwise_gain_weighting=True)
+LOSS_PRESETS["listwise-gain"] = dataclasses.replace(LOSS_PRESETS["listwise"], listwise_gain_share=0.5)
 
 
 @dataclass
@@ -197,7 +200,7 @@ def energy_loss(
         margin = F.relu(cfg.margin + e_pos[:, None] - e_negs).mean()
         listwise = listwise_loss(
             logits[:, b:], batch.expert, negatives, cfg.listwise_temperature,
-            base=batch.base if cfg.listwise_gain_weighting else None,
+            base=batch.base, gain_share=cfg.listwise_gain_share,
         )
     else:
         explicit = margin = listwise = zero
@@ -243,21 +246,22 @@ def listwise_loss(
     negatives: torch.Tensor,
     temperature: float,
     base: torch.Tensor | None = None,
+    gain_share: float = 0.0,
 ) -> torch.Tensor:
     """logits [B, M] of negatives [B, M, H, A] -> cross-entropy against softmax(-L1 to expert / T).
 
-    With base [B, H, A] each sample is weighted by L1(base) - min L1(negatives), clamped at 0 and
-    normalised to mean 1 (uniform when no sample has any gain)."""
+    With base [B, H, A] and gain_share s, sample i weighs (1 - s) + s * gain_i / mean(gain), where
+    gain = L1(base) - min L1(negatives), clamped at 0 (uniform when no sample gains anything)."""
     dist = (negatives - expert[:, None]).abs().mean(dim=(2, 3))  # [B, M] mean L1 to the expert
     target = torch.softmax(-dist / temperature, dim=1)
     per_sample = -(target * torch.log_softmax(logits, dim=1)).sum(1)  # [B]
-    if base is None:
+    if base is None or gain_share == 0:
         return per_sample.mean()
     gain = ((base - expert).abs().mean(dim=(1, 2)) - dist.min(1).values).clamp_min(0)  # [B]
-    total = gain.sum()
-    if not bool(total > 0):
+    if not bool(gain.sum() > 0):
         return per_sample.mean()
-    return (per_sample * gain).sum() / total
+    weight = (1 - gain_share) + gain_share * gain / gain.mean()  # [B], mean 1
+    return (per_sample * weight).mean()
 
 
 def seed_copy_energy_matrix(
