@@ -65,6 +65,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="SPEC", help=DATA_HELP)
     p.add_argument("--demos", type=int_list, help="demo_i of every HDF5 file to use, e.g. '0-9' (default: all)")
     p.add_argument("--stride", type=int, default=1, help="use every stride-th step of each episode")
+    p.add_argument("--failed-steps", type=int, default=None, metavar="K",
+                   help="of an on-policy rollout that failed, use only the first K steps (default: all); later "
+                        "states are often ones the expert cannot finish from, and their labels teach nothing")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,8 +85,10 @@ def load_data(
     demos: Sequence[int] | None = None,
     stride: int = 1,
     images: bool = False,
+    failed_steps: int | None = None,
 ) -> Dataset:
-    """Windows (chunks of `chunk_len` steps, every `stride`-th step) from every spec, in order."""
+    """Windows (chunks of `chunk_len` steps, every `stride`-th step) from every spec, in order;
+    `failed_steps` keeps only the first K steps of failed on-policy rollouts (`episode_windows`)."""
     if not specs:
         raise DataSpecError("--data: give at least one source")
     parts: list[tuple[Windows, list[str]]] = []
@@ -96,7 +98,7 @@ def load_data(
         else:
             from energy_rerank.rollouts.windows import load_windows
 
-            parts.append(load_windows(expand_paths(spec), chunk_len, demos, stride, images))
+            parts.append(load_windows(expand_paths(spec), chunk_len, demos, stride, images, failed_steps))
     return Dataset(concat_windows([w for w, _ in parts]), [t for _, ts in parts for t in ts], list(specs))
 
 

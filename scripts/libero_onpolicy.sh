@@ -16,6 +16,9 @@
 #   base/closed_loop                the base policy alone (N = 1) on the held-out init states
 #   roundK/closed_loop              head K at N on the held-out init states (paired with base/)
 #   roundK/{rollouts,calibration}   (K < ROUNDS) the robot with head K at N: round K+1's new data
+#   roundK/steered                  (EXPERT_SHARE) more training rollouts of the same robot at N, the
+#                                   expert steering that share of its chunks (DAgger's mixture; round
+#                                   0 at margin inf: the policy's chunk unless the expert steers)
 #   demo_head/...                   (DEMO_HEAD=1) the same head trained on the demonstrations only
 #   finetuned/...                   (FINETUNE=1) the honest alternative: the policy itself cloned
 #                                   again on the demos plus every relabelled rollout, alone (N = 1)
@@ -37,6 +40,8 @@ STEPS=${STEPS:-1200}            # energy-head optimiser steps
 LOSS=${LOSS:-listwise}          # energy-head loss preset (listwise, listwise-gain: `train --loss`)
 POLICY_STEPS=${POLICY_STEPS:-300}  # behaviour-cloning steps of the fine-tuned policy (the base's)
 LABEL_EVERY=${LABEL_EVERY:-4}   # expert labels every k-th visited state (each costs H expert steps)
+FAILED_STEPS=${FAILED_STEPS:-}  # learn only the first K steps of failed rollouts ('' = all: `--failed-steps`)
+EXPERT_SHARE=${EXPERT_SHARE:-}  # also collect roundK/steered: the expert steers this share of chunks ('' = no)
 WORKERS=${WORKERS:-2}
 DEMO_HEAD=${DEMO_HEAD:-1}
 FINETUNE=${FINETUNE:-1}
@@ -77,13 +82,26 @@ collect() {  # collect OUT_DIR POLICY ENERGY N SEED [MARGIN]: training and calib
   wait $a && wait $b
 }
 
+steered() {  # steered OUT_DIR POLICY ENERGY SEED MARGIN: training rollouts with the expert steering EXPERT_SHARE
+  local out=$1
+  if [ -f "$out/steered/collect_report.json" ] && [ "$(ls "$out"/steered/*.hdf5 | wc -l)" -ge 10 ]; then
+    return 0
+  fi
+  serve "$2" "$3" "$out.server.log"
+  say "$out: rollouts at N=$N, the expert steering $EXPERT_SHARE of the chunks (init states $TRAIN_STATES)"
+  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --tasks 0-9 --init-states "$TRAIN_STATES" \
+    --n-candidates "$N" ${5:+--switch-margin "$5"} --expert-share "$EXPERT_SHARE" --seed "$4" \
+    --label-every "$LABEL_EVERY" --workers "$WORKERS" --out "$out/steered" > "$out.steered.log" 2>&1
+}
+
 head_stage() {  # head_stage DIR POLICY CALIB_DIR DATA...: features, head, margin, closed loop
   local dir=$1 policy=$2 calib=$3
   shift 3
   if [ ! -f "$dir/features/cache.json" ]; then
     say "$dir: features of the frozen policy on $# sources"
     rm -rf "$dir/features"
-    "$BIN/energy-rerank" cache-features --policy "$policy" --data "$@" --batch-size 128 --out "$dir/features"
+    "$BIN/energy-rerank" cache-features --policy "$policy" --data "$@" ${FAILED_STEPS:+--failed-steps "$FAILED_STEPS"} \
+      --batch-size 128 --out "$dir/features"
   fi
   if [ ! -f "$dir/head/model.safetensors" ]; then
     say "$dir: energy head, $LOSS over the served candidates ranked by L1 to the expert's label"
@@ -126,29 +144,43 @@ closed_loop() {  # closed_loop DIR POLICY ENERGY NS: the head at each of NS on t
   mkdir -p "$dir"
   serve "$2" "$3" "$dir/server.log"
   say "$dir: closed loop on init states $HELD_OUT at N=$4"
+  local trained
+  trained=$(shopt -s nullglob; echo "$RUN"/round*/{rollouts,calibration,steered}/*.hdf5)
+  # shellcheck disable=SC2086  # one argument per file
   "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite libero_object --tasks 0-9 \
-    --init-states "$HELD_OUT" --trained-on "$RUN"/round*/rollouts/*.hdf5 "$RUN"/round*/calibration/*.hdf5 \
+    --init-states "$HELD_OUT" --trained-on $trained \
     --n-candidates "$4" --workers "$WORKERS" --out "$dir/closed_loop" > "$dir/closed_loop.log" 2>&1
 }
 
 collect "$RUN/round0" "$POLICY" "" 1 0
 closed_loop "$RUN/base" "$POLICY" "" 1
+if [ -n "$EXPERT_SHARE" ]; then steered "$RUN/round0" "$POLICY" "" 0 inf; fi
 for k in $(seq 1 "$ROUNDS"); do
   data=()
-  for j in $(seq 0 $((k - 1))); do data+=("$RUN/round$j/rollouts"); done
+  for j in $(seq 0 $((k - 1))); do
+    data+=("$RUN/round$j/rollouts")
+    if [ -n "$EXPERT_SHARE" ]; then data+=("$RUN/round$j/steered"); fi
+  done
   head_stage "$RUN/round$k" "$POLICY" "$RUN/round$((k - 1))/calibration" "${data[@]}"
-  if [ "$k" -lt "$ROUNDS" ]; then collect "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$N" "$k" "$COLLECT_MARGIN"; fi
+  if [ "$k" -lt "$ROUNDS" ]; then
+    collect "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$N" "$k" "$COLLECT_MARGIN"
+    if [ -n "$EXPERT_SHARE" ]; then steered "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$k" "$COLLECT_MARGIN"; fi
+  fi
 done
 if [ "$DEMO_HEAD" = 1 ]; then
   head_stage "$RUN/demo_head" "$POLICY" "$RUN/round0/calibration" "$DEMOS_DIR"
 fi
 if [ "$FINETUNE" = 1 ]; then
   data=("$DEMOS_DIR")
-  for j in $(seq 0 $((ROUNDS - 1))); do data+=("$RUN/round$j/rollouts"); done
+  for j in $(seq 0 $((ROUNDS - 1))); do
+    data+=("$RUN/round$j/rollouts")
+    if [ -n "$EXPERT_SHARE" ]; then data+=("$RUN/round$j/steered"); fi
+  done
   if [ ! -f "$RUN/finetuned/policy/config.json" ]; then
     say "finetuned: the policy cloned on the demos plus every relabelled rollout ($POLICY_STEPS steps)"
     mkdir -p "$RUN/finetuned"
-    "$BIN/energy-rerank" train-policy --data "${data[@]}" --val-data "$RUN/round0/calibration" --max-text-len 16 \
+    "$BIN/energy-rerank" train-policy --data "${data[@]}" ${FAILED_STEPS:+--failed-steps "$FAILED_STEPS"} \
+      --val-data "$RUN/round0/calibration" --max-text-len 16 \
       --steps "$POLICY_STEPS" --no-progress --out "$RUN/finetuned/policy" > "$RUN/finetuned/policy.json"
   fi
   head_stage "$RUN/finetuned" "$RUN/finetuned/policy" "$RUN/round$((ROUNDS - 1))/calibration" "${data[@]:1}"

@@ -197,3 +197,31 @@ def test_on_policy_rollouts_teach_the_expert_label_mixed_with_demos(tmp_path):
     w = load_data([str(tmp_path / "rollouts.hdf5")], chunk_len=4).windows
     assert w.step.tolist() == [0, 2, 4]
     np.testing.assert_allclose(w.chunks, labels[::2, :4])
+
+
+def test_failed_steps_cuts_only_failed_on_policy_rollouts(tmp_path):
+    """--failed-steps K: a failed rollout teaches only its first K steps; a rollout that succeeded
+    and a demonstration (no labels) keep every step."""
+    from energy_rerank.data import load_data
+    from energy_rerank.rollouts.windows import LABEL_KEY
+
+    def rollout(seed: int, success: bool) -> Episode:
+        ep = _episode(6, seed)
+        ep.obs["interest_states"] = np.zeros((6, 14))
+        ep.obs[LABEL_KEY] = np.random.default_rng(seed).uniform(-1, 1, size=(6, 8, 7)).astype(np.float32)
+        ep.dones = np.r_[np.zeros(5), int(success)].astype(np.uint8)
+        return ep
+
+    demo = _episode(6, 9)
+    demo.obs["interest_states"] = np.zeros((6, 14))
+    demo.dones = np.zeros(6, np.uint8)  # no labels: a demonstration, never cut
+    write_hdf5(tmp_path / "r.hdf5", [rollout(1, False), rollout(2, True)])
+    write_hdf5(tmp_path / "d.hdf5", [demo])
+    files = [str(tmp_path / "r.hdf5"), str(tmp_path / "d.hdf5")]
+    every = load_data(files, chunk_len=4).windows
+    cut = load_data(files, chunk_len=4, failed_steps=2).windows
+    assert every.step.tolist() == list(range(6)) * 3
+    assert cut.step.tolist() == [0, 1] + list(range(6)) * 2
+    np.testing.assert_array_equal(cut.episode, [0, 0] + [1] * 6 + [2] * 6)
+    with pytest.raises(ValueError, match="failed_steps"):
+        load_data(files, chunk_len=4, failed_steps=0)

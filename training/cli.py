@@ -200,11 +200,12 @@ def run_cache(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.policy, info.device)
         d = policy.description
-        data = load_data(args.data, d.chunk_len, args.demos, args.stride, images=bool(d.cameras))
+        data = load_data(args.data, d.chunk_len, args.demos, args.stride, images=bool(d.cameras), failed_steps=args.failed_steps)
         meta = {
             "data": list(args.data),
             "demos": list(args.demos) if args.demos else "all",
             "stride": args.stride,
+            "failed_steps": args.failed_steps if args.failed_steps is not None else "all",
             "tasks": sorted(set(data.tasks)),
             "episodes": len(set(data.windows.episode.tolist())),
         }

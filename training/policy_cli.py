@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from energy_rerank.training.bc import BCConfig, train_bc
 
     image = args.inputs == "image"
-    data = load_data(args.data, args.chunk_len, args.demos, args.stride, images=image)
+    data = load_data(args.data, args.chunk_len, args.demos, args.stride, images=image, failed_steps=args.failed_steps)
     if args.val_data:
         train, val = data.windows, load_data(args.val_data, args.chunk_len, None, args.stride, images=image).windows
     else:

@@ -116,7 +116,7 @@ def _offline(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     model = EnergyModel.from_pretrained(args.energy)
     images = bool(policy.description.cameras)
-    data = load_data(args.data, policy.description.chunk_len, args.demos, args.stride, images)
+    data = load_data(args.data, policy.description.chunk_len, args.demos, args.stride, images, args.failed_steps)
     windows, tasks = data.windows, data.tasks
     sampler = CandidateSampler.for_policy(policy, read_head_record(args.energy).with_sampler(args.sigmas, args.gripper_mode))
     cfg = OfflineConfig(ns=args.n_candidates, batch=args.batch_size, seed=args.seed, sigma_scale=args.sigma_scale)

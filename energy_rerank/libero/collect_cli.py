@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from typing import Any
 
@@ -75,6 +76,12 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--label-every", type=int, default=1,
                    help="label every k-th visited state (each label runs the expert H steps in a scratch "
                         "simulator: k = 4 collects about 3x faster); unlabelled steps make no training window")  # fmt: skip
+    c.add_argument("--expert-share", type=float, default=0.0, metavar="BETA",
+                   help="share of chunk requests on which the expert steers: the candidate nearest its label "
+                        "replaces the server's pick (DAgger's mixture; needs --n-candidates > 1). The rollouts then "
+                        "cover the states a well-chosen chunk leads to, not only where the robot goes alone")  # fmt: skip
+    c.add_argument("--workers", type=int, default=1,
+                   help="processes collecting whole tasks side by side against the one server")  # fmt: skip
     c.add_argument("--seed", type=int, default=0, help="base of the request seeds")
     c.add_argument("--token", default=None, help="bearer token if the server requires one")
     c.add_argument("--out", required=True, help="output directory (one HDF5 per task, collect_report.json)")
@@ -134,10 +141,14 @@ def _collect(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_steps=args.max_steps,
             label_every=args.label_every,
+            expert_share=args.expert_share,
         )
     except (ValueError, argparse.ArgumentTypeError) as e:
         raise SystemExit(f"libero collect: {e}") from None
-    with RerankClient(args.server, token=args.token, timeout=30.0) as client:
-        report = collect(client, cfg, args.out)
+    if args.workers < 1:
+        raise SystemExit(f"libero collect: --workers must be >= 1, got {args.workers}")
+    connect = functools.partial(RerankClient, args.server, token=args.token, timeout=30.0)
+    with connect() as client:
+        report = collect(client, cfg, args.out, workers=args.workers, connect=connect)
     print(json.dumps({t: f"{r['successes']}/{r['episodes']}" for t, r in report["tasks"].items()}, indent=1))
     return 0

@@ -8,7 +8,7 @@ server's own timing are kept for the latency report.
 
 A `chooser` replaces the server's pick with the client's own among the same N candidates
 (SelectAction with return_candidates): a uniform random one, or the one nearest the scripted
-expert's label (`libero.selectors`). The server still builds, bounds and checks every candidate,
+expert's label (`libero.selectors`), on every request or (returning None) only on some. The server still builds, bounds and checks every candidate,
 so the chunk executed is always one the server would have returned.
 
 The client is passed in (anything with RerankClient's `select` and `info`), so this module
@@ -27,8 +27,9 @@ import numpy as np
 
 from energy_rerank.policy.base import Observation
 
-# (candidates [N, H, A] robot units as the server returned them, the request's seed) -> chosen index
-Chooser = Callable[[np.ndarray, int], int]
+# (candidates [N, H, A] robot units as the server returned them, the request's seed) -> chosen
+# index, or None for the server's own pick
+Chooser = Callable[[np.ndarray, int], int | None]
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class ServedController:
             self.log.chosen.append(r.index)
             return r.chunk  # [H, A]
         index = self.chooser(r.candidates, seed)
+        if index is None:  # the chooser leaves this one to the server
+            self.log.chosen.append(r.index)
+            return r.chunk  # [H, A]
         self.log.chosen.append(index)
         return r.candidates[index]  # [H, A]
 

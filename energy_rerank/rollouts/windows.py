@@ -61,15 +61,28 @@ def expert_chunk(ep: Episode, t: int, chunk_len: int) -> np.ndarray:
 
 
 def episode_windows(
-    episodes: Sequence[Episode], chunk_len: int, stride: int = 1, images: bool = False
+    episodes: Sequence[Episode],
+    chunk_len: int,
+    stride: int = 1,
+    images: bool = False,
+    failed_steps: int | None = None,
 ) -> Windows:
-    """Every stride-th step of every episode as (observation, expert chunk) training windows."""
+    """Every stride-th step of every episode as (observation, expert chunk) training windows.
+
+    failed_steps = K keeps only steps t < K of an on-policy rollout that failed: a failing policy
+    spends its last steps in states the expert cannot finish from either (an arm stretched to a
+    joint limit, the object knocked over), so their labels are not worth learning."""
     if chunk_len < 1 or stride < 1:
         raise ValueError(f"chunk_len and stride must be >= 1, got {chunk_len}, {stride}")
+    if failed_steps is not None and failed_steps < 1:
+        raise ValueError(f"failed_steps must be >= 1 (or None: every step), got {failed_steps}")
     obs, chunks, ep_idx, steps = [], [], [], []
     for e, ep in enumerate(episodes):
         labels = ep.obs.get(LABEL_KEY)
-        for t in range(0, ep.length, stride):
+        end = ep.length
+        if failed_steps is not None and labels is not None and not bool(np.asarray(ep.dones).any()):
+            end = min(end, failed_steps)
+        for t in range(0, end, stride):
             if labels is not None and not np.isfinite(labels[t]).all():
                 continue  # an on-policy step the expert did not label: nothing to learn there
             obs.append(step_observation(ep, t, images=images))
@@ -123,8 +136,9 @@ def load_windows(
     demos: Sequence[int] | None = None,
     stride: int = 1,
     images: bool = False,
+    failed_steps: int | None = None,
 ) -> tuple[Windows, list[str]]:
     """Training/evaluation windows from rollout files, and the task label of every window."""
     episodes = load_episodes(paths, demos, images)
-    windows = episode_windows(episodes, chunk_len, stride=stride, images=images)
+    windows = episode_windows(episodes, chunk_len, stride=stride, images=images, failed_steps=failed_steps)
     return windows, [episodes[int(e)].task for e in windows.episode]
