@@ -4,8 +4,18 @@ It covers goals of the form (In|On object target): all of LIBERO-Object, all of
 LIBERO-Spatial, and the "put X on/in Y" tasks of LIBERO-Goal. The script is a waypoint state
 machine in end-effector space (approach above the object, descend, close, lift, carry above
 the target, lower, open), turned into OSC_POSE delta actions by a clipped P-controller; the
-orientation is held at its initial value. Small per-episode waypoint jitter and action noise
-make the demonstrations varied enough to train a policy on.
+orientation is held pointing down, fingers closing along world y. Small per-episode waypoint
+jitter and action noise make the demonstrations varied enough to train a policy on.
+
+Solid objects are grasped at the centre of their box. A hollow one (a bowl: no collision geometry
+rises through the middle of it, `rim`) has only air there, so it is grasped by its wall just below
+the rim: on the y side whose outside leaves the open outer finger room (rays against the other
+objects and fixtures, `rim_wall`), else on an x side with the hand turned a quarter about z (a
+bowl in a drawer, whose front is too close and whose back is under the cabinet's top). The bowl
+then hangs beside the fingers, so `holds` looks for the fingertips at its wall, and the release
+point is shifted by the hand-to-bowl offset so that the bowl's origin, which the task checks,
+lands over the target. It is carried higher, above the workspace surface (LIBERO-Spatial's table
+is at 0.9 m), than solid objects, whose carry height stays absolute.
 
 The expert can also take over from a state it did not produce (a policy's rollout, a restored
 recorded state): `infer_phase` reads the phase from the simulator (is the object between
@@ -45,6 +55,12 @@ class ExpertConfig:
     tol: float = 0.012  # m: a waypoint is reached within this distance
     jitter: float = 0.006  # m: per-episode uniform jitter of the grasp and release points
     action_noise: float = 0.05  # std of Gaussian noise on the 6 motion dims (not the gripper)
+    # Hollow objects (bowls) are grasped by their wall, not at their centre (there is only air there).
+    rim_depth: float = 0.015  # m below the rim's top where the fingertips close on the wall
+    rim_inset: float = 0.005  # m inward from the rim's outer edge (along y) to the grasp point
+    rim_room: float = 0.05  # m of free space the open outer finger needs beside the wall it grasps
+    rim_drop: float = 0.015  # m between the held bowl's bottom and the target's top at release
+    rim_carry: float = 0.32  # m above the workspace surface for the lift and transport of a bowl
 
 
 # Labels for visited states: the script without its per-episode randomness (its noise is no part of
@@ -53,6 +69,7 @@ LABEL_EXPERT = ExpertConfig(jitter=0.0, action_noise=0.0)
 
 # Finger thresholds read by `infer_phase` (gap as `LiberoSim.finger_gap`, m; open: sim.OPEN_GAP).
 EMPTY_GAP = 0.004  # narrower than this: closed on nothing
+RIM_GAP = 0.001  # ... but a bowl's wall is thinner
 FINGER_SPEED = 0.01  # m/s of gap change: faster, the fingers are still closing or opening
 
 
@@ -94,11 +111,143 @@ def rotation_error(current: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.asarray(quat2axisangle(mat2quat(target @ current.T)), np.float64)
 
 
+@dataclass(frozen=True)
+class Rim:
+    """A hollow object's wall, read from its collision geometry (the visual mesh's box is looser)."""
+
+    centre: np.ndarray  # [3] centre of the collision geometry's world box
+    half: np.ndarray  # [2] m: the box's half-widths along x and y (the rim's outer radius, upright)
+    top: float  # m: world z of the rim
+    bottom: float  # m: world z of the base
+
+
+def collision_geoms(sim: LiberoSim, roots: set[int]) -> np.ndarray:
+    """Ids [G] of the colliding geoms (planes aside) of the bodies at or below any of `roots`."""
+    m = sim.env.env.sim.model._model
+    parents = np.asarray(m.body_parentid)
+    top = np.arange(m.nbody)  # each body's nearest ancestor among the roots (or the world, 0)
+    for _ in range(m.nbody):
+        up = np.where(np.isin(top, list(roots)) | (top == 0), top, parents[top])
+        if np.array_equal(up, top):
+            break
+        top = up
+    colliding = (np.asarray(m.geom_contype) | np.asarray(m.geom_conaffinity)) != 0
+    keep = np.isin(top[np.asarray(m.geom_bodyid)], list(roots)) & colliding & (np.asarray(m.geom_type) != 0)
+    return np.flatnonzero(keep)
+
+
+def rim(sim: LiberoSim, name: str) -> Rim | None:
+    """The object's rim when it is hollow, else None (solid objects are grasped at their centre).
+
+    Hollow: in the object's own frame (so the answer does not change as it tilts in the hand), no
+    collision geometry on the vertical through its centre rises above its lower half (a bowl's
+    base is there, its wall is around it).
+    """
+    m, d = sim.env.env.sim.model._model, sim.env.env.sim.data._data
+    root = sim.env.env.obj_body_id[name]
+    geoms = collision_geoms(sim, {root})
+    if not len(geoms):
+        return None
+    signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+    box = m.geom_aabb[geoms]  # [G, 6] centre and half-size in each geom's frame
+    corners = box[:, None, :3] + signs[None] * box[:, None, 3:]  # [G, 8, 3]
+    world = (
+        np.einsum("gij,gkj->gki", d.geom_xmat[geoms].reshape(-1, 3, 3), corners) + d.geom_xpos[geoms][:, None]
+    )
+    own = (world - d.xpos[root]) @ d.xmat[root].reshape(3, 3)  # [G, 8, 3] in the object's frame
+    llo, lhi = own.min(1), own.max(1)  # [G, 3]
+    c = (llo.min(0) + lhi.max(0)) / 2
+    through = ((llo[:, :2] <= c[:2]) & (c[:2] <= lhi[:, :2])).all(1)
+    base, height = llo[:, 2].min(), lhi[:, 2].max() - llo[:, 2].min()
+    if through.any() and lhi[through, 2].max() > base + height / 2:
+        return None
+    lo, hi = world.min((0, 1)), world.max((0, 1))
+    centre = (lo + hi) / 2
+    return Rim(centre=centre, half=(hi - centre)[:2], top=float(hi[2]), bottom=float(lo[2]))
+
+
+def rim_wall(sim: LiberoSim, obj: str, r: Rim, cfg: ExpertConfig) -> np.ndarray:
+    """Unit direction [2] from the bowl's centre to the wall to grasp: (0, +-1) with the hand as it
+    is (fingers closing along y), else (+-1, 0) with the hand turned a quarter about z.
+
+    The outer finger goes down beside the wall, so a side with less than `rim_room` free outward
+    (rays at the rim's height), or something above it (a cabinet's top over a drawer), is avoided.
+    Preference: the y sides, the one nearer the robot's centre line y = 0 first, then the x side
+    nearer the robot (x < 0); with no side free, the roomiest.
+    """
+    import mujoco
+
+    m, d = sim.env.env.sim.model._model, sim.env.env.sim.data._data
+    scene = set(sim.env.env.obj_body_id.values()) - {sim.env.env.obj_body_id[obj]}  # not the robot
+    geoms = collision_geoms(sim, scene)
+
+    def hit(start: np.ndarray, ray: np.ndarray, reach: float) -> float:
+        """Distance along the ray to the nearest scene geom, at most `reach`."""
+        near = reach
+        for g in geoms:
+            if m.geom_type[g] == 7:
+                dist = mujoco.mj_rayMesh(m, d, g, start, ray)
+            else:
+                dist = mujoco.mju_rayGeom(
+                    d.geom_xpos[g], d.geom_xmat[g], m.geom_size[g], start, ray, int(m.geom_type[g])
+                )
+            if 0 <= dist < near:
+                near = dist
+        return near
+
+    sy = -1.0 if r.centre[1] > 0 else 1.0
+    candidates = [np.array(u) for u in ((0.0, sy), (0.0, -sy), (-1.0, 0.0), (1.0, 0.0))]
+    low = r.top - cfg.rim_depth - 0.015  # where the fingertips end up
+    rooms = []
+    for u in candidates:
+        radius = float(np.abs(u) @ r.half)
+        across = np.array([-u[1], u[0]])  # along the wall
+        room = 0.1
+        for w in (-0.01, 0.0, 0.01):  # the finger's width
+            edge = r.centre[:2] + u * (radius + 0.002) + across * w
+            for z in (r.top - 0.005, low):
+                room = min(room, hit(np.r_[edge, z], np.r_[u, 0.0], room))
+            above = np.r_[r.centre[:2] + u * (radius + 0.01) + across * w, r.top + 0.1]
+            if hit(above, np.array([0.0, 0.0, -1.0]), above[2] - low) < above[2] - low:
+                room = 0.0
+        if room >= cfg.rim_room:
+            return u
+        rooms.append(room)
+    return candidates[int(np.argmax(rooms))]
+
+
+def hand_rotation(sim: LiberoSim, obj: str, wall: np.ndarray | None, ee: np.ndarray) -> np.ndarray:
+    """The orientation [3, 3] the hand is steered to: pointing down, fingers closing along y, for
+    solid objects; for a bowl, fingers closing across the wall to grasp (`rim_wall`), or while the
+    bowl is held, across the wall it holds (the nearer of the two, so it is never turned in hand)."""
+    if wall is None:
+        return DOWN
+    current = sim.ee_rotation()
+    along_x = abs(current[0, 0]) > abs(current[1, 0]) if holds(sim, obj, ee) else abs(wall[0]) > 0.5
+    if not along_x:
+        return DOWN
+    turned = [np.array([[0.0, -s, 0.0], [s, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ DOWN for s in (1.0, -1.0)]
+    return min(turned, key=lambda t: float(np.linalg.norm(rotation_error(current, t))))
+
+
+def carry_height(sim: LiberoSim, obj: str, cfg: ExpertConfig) -> float:
+    """Absolute z of the lift and transport: the config's for solid objects, above the workspace
+    surface (the floor or a 0.9 m table) for a bowl, which hangs below the fingers by its rim."""
+    if rim(sim, obj) is None:
+        return cfg.carry_z
+    return float(sim.env.env.workspace_offset[2]) + cfg.rim_carry
+
+
 def holds(sim: LiberoSim, obj: str, ee: np.ndarray) -> bool:
     """The object sits between the fingers: they are closed on something and the object's centre is
     at the fingertips (the recorded grasps keep it within ~1.5 cm of the end-effector site; 5 cm
-    sideways allows for long objects held off-centre)."""
+    sideways allows for long objects held off-centre). A bowl is held by its wall: the fingertips
+    are at its rim's radius from its centre, between its base and its rim."""
     gap, _ = sim.finger_gap()
+    r = rim(sim, obj)
+    if r is not None:
+        radial = np.linalg.norm(ee[:2] - r.centre[:2]) - float(r.half.mean())
+        return bool(RIM_GAP < gap < OPEN_GAP and -0.03 < radial < 0.015 and r.bottom < ee[2] < r.top + 0.02)
     lo, hi = body_aabb(sim, obj)
     offset = (lo + hi) / 2 - ee  # [3]
     return bool(EMPTY_GAP < gap < OPEN_GAP and np.linalg.norm(offset[:2]) < 0.05 and -0.06 < offset[2] < 0.03)
@@ -111,8 +260,16 @@ def waypoints(
     cfg: ExpertConfig,
     grasp_jitter: np.ndarray,
     place_jitter: np.ndarray,
+    ee: np.ndarray | None = None,
+    wall: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(grasp point [3], release point [3], top of the object) from the current object geometry."""
+    """(grasp point [3], release point [3], top of the object) from the current object geometry.
+    ee [3]: the end-effector, for the hand-to-bowl offset of a held bowl; wall [2]: the bowl's wall
+    to grasp (`rim_wall`, chosen here when not given)."""
+    r = rim(sim, obj)
+    if r is not None:
+        wall = rim_wall(sim, obj, r, cfg) if wall is None else wall
+        return rim_waypoints(sim, obj, target, r, cfg, grasp_jitter, place_jitter, ee, wall)
     lo, hi = body_aabb(sim, obj)
     grasp = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, max((lo[2] + hi[2]) / 2, hi[2] - 0.03)])
     grasp += grasp_jitter
@@ -120,6 +277,35 @@ def waypoints(
     place = np.array([(tlo[0] + thi[0]) / 2, (tlo[1] + thi[1]) / 2, thi[2] + cfg.release_above])
     place[:2] += place_jitter
     return grasp, place, float(hi[2])
+
+
+def rim_waypoints(
+    sim: LiberoSim,
+    obj: str,
+    target: str,
+    r: Rim,
+    cfg: ExpertConfig,
+    grasp_jitter: np.ndarray,
+    place_jitter: np.ndarray,
+    ee: np.ndarray | None,
+    wall: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """`waypoints` of a bowl: the grasp closes on the chosen wall (`rim_wall`) just below the rim;
+    the release point puts the bowl's origin, not the hand, over the target's centre and its base
+    just above the target's top, by the hand-to-bowl offset (measured while the bowl is held, else
+    the one the grasp will have)."""
+    radius = float(np.abs(wall) @ r.half)
+    grasp = np.r_[r.centre[:2] + wall * (radius - cfg.rim_inset), r.top - cfg.rim_depth]
+    grasp += grasp_jitter
+    held = ee is not None and holds(sim, obj, ee)
+    # The task checks the bowl's body origin (within 3 cm of the target's): a tilted bowl's box centre
+    # is centimetres away from it.
+    origin = sim.env.env.sim.data.body_xpos[sim.env.env.obj_body_id[obj]][:2]
+    offset = (np.asarray(ee) if held else grasp) - np.r_[origin, r.bottom]  # [3] hand minus bowl
+    tlo, thi = body_aabb(sim, target)
+    place = np.array([(tlo[0] + thi[0]) / 2, (tlo[1] + thi[1]) / 2, thi[2] + cfg.rim_drop]) + offset
+    place[:2] += place_jitter
+    return grasp, place, r.top
 
 
 def infer_phase(sim: LiberoSim, ee_pos: np.ndarray, config: ExpertConfig = LABEL_EXPERT) -> int:
@@ -137,7 +323,8 @@ def infer_phase(sim: LiberoSim, ee_pos: np.ndarray, config: ExpertConfig = LABEL
     obj, target = pair
     ee = np.asarray(ee_pos, dtype=np.float64)
     zero3, zero2 = np.zeros(3), np.zeros(2)
-    grasp, place, top = waypoints(sim, obj, target, config, zero3, zero2)
+    grasp, place, top = waypoints(sim, obj, target, config, zero3, zero2, ee)
+    carry_z = carry_height(sim, obj, config)
     gap, rate = sim.finger_gap()
     phase = PickPlaceExpert.PHASES.index
     if sim.success():
@@ -147,7 +334,7 @@ def infer_phase(sim: LiberoSim, ee_pos: np.ndarray, config: ExpertConfig = LABEL
             return phase("lower")
         if rate < -FINGER_SPEED:  # still closing on it
             return phase("grasp")
-        return phase("lift") if ee[2] < config.carry_z - 0.03 else phase("carry")
+        return phase("lift") if ee[2] < carry_z - 0.03 else phase("carry")
     if rate > FINGER_SPEED and np.linalg.norm(place[:2] - ee[:2]) < 3 * config.tol:
         return phase("release")
     at_grasp = np.linalg.norm(grasp - ee) < 1.5 * config.tol
@@ -179,6 +366,8 @@ class PickPlaceExpert:
         self.place_jitter = self.rng.uniform(-config.jitter, config.jitter, size=2)
         self.phase, self.count = 0, 0
         self.gripper = -1.0
+        self.hollow = rim(sim, self.obj) is not None  # a bowl: grasped by its wall
+        self.wall: np.ndarray | None = None  # [2] the bowl's wall to grasp; re-chosen while approaching
 
     @classmethod
     def resume(
@@ -212,12 +401,16 @@ class PickPlaceExpert:
     def act(self, ee_pos: np.ndarray) -> np.ndarray:
         """Next 7-D action given the end-effector position (object geometry read from the simulator)."""
         ee = np.asarray(ee_pos, dtype=np.float64)
-        grasp, place, top = waypoints(
-            self.sim, self.obj, self.target, self.cfg, self.grasp_jitter, self.place_jitter
-        )
         cfg = self.cfg
         self._recheck(ee)
         name = self.phase_name
+        r = rim(self.sim, self.obj) if self.hollow else None
+        if r is not None and (self.wall is None or name == "approach"):
+            self.wall = rim_wall(self.sim, self.obj, r, cfg)
+        grasp, place, top = waypoints(
+            self.sim, self.obj, self.target, cfg, self.grasp_jitter, self.place_jitter, ee, self.wall
+        )
+        carry_z = carry_height(self.sim, self.obj, cfg)
         done: bool
         if name == "approach":
             goal, grip = np.r_[grasp[:2], top + cfg.hover], -1.0
@@ -229,10 +422,10 @@ class PickPlaceExpert:
             goal, grip = grasp, 1.0
             done = self.count >= cfg.grasp_steps
         elif name == "lift":
-            goal, grip = np.r_[ee[:2], cfg.carry_z], 1.0
-            done = bool(ee[2] > cfg.carry_z - 0.03)
+            goal, grip = np.r_[ee[:2], carry_z], 1.0
+            done = bool(ee[2] > carry_z - 0.03)
         elif name == "carry":
-            goal, grip = np.r_[place[:2], cfg.carry_z], 1.0
+            goal, grip = np.r_[place[:2], carry_z], 1.0
             done = bool(np.linalg.norm(goal[:2] - ee[:2]) < cfg.tol)
         elif name == "lower":
             goal, grip = place, 1.0
@@ -241,13 +434,14 @@ class PickPlaceExpert:
             goal, grip = place, -1.0
             done = self.count >= cfg.release_steps
         else:
-            goal, grip = np.r_[ee[:2], cfg.carry_z], -1.0
+            goal, grip = np.r_[ee[:2], carry_z], -1.0
             done = False
         self.count += 1
         if done:
             self.phase, self.count = self.phase + 1, 0
         move = np.clip(cfg.gain * (goal - ee), -1.0, 1.0)
-        turn = np.clip(cfg.rot_gain * rotation_error(self.sim.ee_rotation(), DOWN), -1.0, 1.0)
+        hand = hand_rotation(self.sim, self.obj, self.wall, ee)
+        turn = np.clip(cfg.rot_gain * rotation_error(self.sim.ee_rotation(), hand), -1.0, 1.0)
         action = np.r_[move, turn, grip]
         if cfg.action_noise > 0:  # no draw without noise: labels do not consume the episode's stream
             action[:6] += self.rng.normal(0.0, cfg.action_noise, size=6)
