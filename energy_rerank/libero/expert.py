@@ -27,6 +27,7 @@ the state does not say how long the fingers have been closing, only whether they
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +137,11 @@ def collision_geoms(sim: LiberoSim, roots: set[int]) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+# Object names known to be solid, per simulator: hollowness is a property of the object's own
+# geometry, so it is read once; the expert asks on every step, and most objects are solid.
+_SOLID: weakref.WeakKeyDictionary[LiberoSim, set[str]] = weakref.WeakKeyDictionary()
+
+
 def rim(sim: LiberoSim, name: str) -> Rim | None:
     """The object's rim when it is hollow, else None (solid objects are grasped at their centre).
 
@@ -143,6 +149,16 @@ def rim(sim: LiberoSim, name: str) -> Rim | None:
     collision geometry on the vertical through its centre rises above its lower half (a bowl's
     base is there, its wall is around it).
     """
+    solid = _SOLID.setdefault(sim, set())
+    if name in solid:
+        return None
+    found = _rim(sim, name)
+    if found is None:
+        solid.add(name)
+    return found
+
+
+def _rim(sim: LiberoSim, name: str) -> Rim | None:
     m, d = sim.env.env.sim.model._model, sim.env.env.sim.data._data
     root = sim.env.env.obj_body_id[name]
     geoms = collision_geoms(sim, {root})
