@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 RUN=${1:-runs/libero_ceiling}
+SUITE=${SUITE:-libero_object}  # LIBERO suite (libero_object, libero_spatial, ...)
 DEMOS=${DEMOS:-2}               # training demos per task (weak 2, strong 10); one more is validation
 STEPS=${STEPS:-300}             # behaviour-cloning steps
 N=${N:-64}                      # candidates per request for random and oracle
@@ -27,7 +28,7 @@ say() { echo "[$(date +%T)] $*"; }
 
 if [ ! -f "$RUN/demos/demo_report.json" ]; then
   say "demos: $((DEMOS + 1)) per task from init states 0-29"
-  "$BIN/energy-rerank" libero demos --suite libero_object --tasks 0-9 --episodes $((DEMOS + 1)) \
+  "$BIN/energy-rerank" libero demos --suite "$SUITE" --tasks 0-9 --episodes $((DEMOS + 1)) \
     --init-states 0-29 --out "$RUN/demos"
 fi
 if [ ! -f "$RUN/policy/config.json" ]; then
@@ -45,7 +46,7 @@ if [ ! -f "$RUN/closed_loop/report.json" ]; then
   grep -q "listening on" "$RUN/server.log" || { cat "$RUN/server.log"; exit 1; }
   say "closed loop: N=1 and $SELECTORS at N=$N on init states $HELD_OUT"
   # shellcheck disable=SC2086
-  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$PORT" --suite libero_object --tasks 0-9 \
+  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$PORT" --suite "$SUITE" --tasks 0-9 \
     --init-states "$HELD_OUT" --trained-on "$RUN"/demos/*.hdf5 --n-candidates "1,$N" \
     --selectors $SELECTORS --workers "$WORKERS" --out "$RUN/closed_loop"
 fi

@@ -35,6 +35,7 @@ ROUNDS=${ROUNDS:-2}             # heads trained; round K > 1 collects with head 
 TRAIN_STATES=${TRAIN_STATES:-0-19}
 CALIB_STATES=${CALIB_STATES:-20-29}
 HELD_OUT=${HELD_OUT:-30-49}
+SUITE=${SUITE:-libero_object}  # LIBERO suite (libero_object, libero_spatial, ...)
 N=${N:-64}
 STEPS=${STEPS:-1200}            # energy-head optimiser steps
 LOSS=${LOSS:-listwise}          # energy-head loss preset (listwise, listwise-gain: `train --loss`)
@@ -73,10 +74,10 @@ collect() {  # collect OUT_DIR POLICY ENERGY N SEED [MARGIN]: training and calib
   fi
   serve "$2" "$3" "$out.server.log"
   say "$out: rollouts at N=$4 (training: init states $TRAIN_STATES, calibration: $CALIB_STATES), expert labels"
-  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --tasks 0-9 --init-states "$TRAIN_STATES" \
+  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --suite "$SUITE" --tasks 0-9 --init-states "$TRAIN_STATES" \
     --n-candidates "$4" ${6:+--switch-margin "$6"} --seed "$5" --label-every "$LABEL_EVERY" --out "$out/rollouts" > "$out.train.log" 2>&1 &
   local a=$!
-  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --tasks 0-9 --init-states "$CALIB_STATES" \
+  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --suite "$SUITE" --tasks 0-9 --init-states "$CALIB_STATES" \
     --n-candidates "$4" ${6:+--switch-margin "$6"} --seed "$5" --label-every "$LABEL_EVERY" --out "$out/calibration" > "$out.calib.log" 2>&1 &
   local b=$!
   wait $a && wait $b
@@ -89,7 +90,7 @@ steered() {  # steered OUT_DIR POLICY ENERGY SEED MARGIN: training rollouts with
   fi
   serve "$2" "$3" "$out.server.log"
   say "$out: rollouts at N=$N, the expert steering $EXPERT_SHARE of the chunks (init states $TRAIN_STATES)"
-  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --tasks 0-9 --init-states "$TRAIN_STATES" \
+  "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --suite "$SUITE" --tasks 0-9 --init-states "$TRAIN_STATES" \
     --n-candidates "$N" ${5:+--switch-margin "$5"} --expert-share "$EXPERT_SHARE" --seed "$4" \
     --label-every "$LABEL_EVERY" --workers "$WORKERS" --out "$out/steered" > "$out.steered.log" 2>&1
 }
@@ -131,7 +132,7 @@ for rate in map(float, sys.argv[2].split(",")):  # the offline margin whose swit
   serve "$2" "$dir/head" "$dir/server.log"
   say "$dir: closed-loop margin sweep on init states $CALIB_STATES: $margins"
   # shellcheck disable=SC2086  # one argument per margin
-  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite libero_object --tasks 0-9 \
+  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite "$SUITE" --tasks 0-9 \
     --init-states "$CALIB_STATES" --n-candidates "1,$N" --switch-margins $margins --workers "$WORKERS" \
     --write-margin "$dir/head" --out "$dir/margin_sweep" > "$dir/margin_sweep.log" 2>&1
 }
@@ -147,7 +148,7 @@ closed_loop() {  # closed_loop DIR POLICY ENERGY NS: the head at each of NS on t
   local trained
   trained=$(shopt -s nullglob; echo "$RUN"/round*/{rollouts,calibration,steered}/*.hdf5)
   # shellcheck disable=SC2086  # one argument per file
-  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite libero_object --tasks 0-9 \
+  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$port" --suite "$SUITE" --tasks 0-9 \
     --init-states "$HELD_OUT" --trained-on $trained \
     --n-candidates "$4" --workers "$WORKERS" --out "$dir/closed_loop" > "$dir/closed_loop.log" 2>&1
 }

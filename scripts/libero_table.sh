@@ -7,6 +7,7 @@
 #
 #   make setup && bash scripts/libero_table.sh                      # weak policy (2 demos per task)
 #   DEMOS=10 bash scripts/libero_table.sh runs/table_strong          # strong policy (10 demos per task)
+#   SUITE=libero_spatial bash scripts/libero_table.sh runs/table_spatial   # the same on LIBERO-Spatial
 #
 # Writes RUN/table.md (and table.md.json). ROUNDS, STEPS, N, WORKERS pass through to the scripts.
 set -euo pipefail
