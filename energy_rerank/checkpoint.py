@@ -185,9 +185,15 @@ class HeadRecord:
     switch_margin: float | None  # the calibrated margin of selection.json; None = never calibrated
     switch_rates: SwitchExpectation | None  # held-out switch rates at that margin; None = unrecorded
 
-    def with_sampler(self, sigmas: tuple[float, ...] | None = None, gripper_mode: str | None = None) -> SamplerConfig:
-        """The recorded sampler with the fields given here (a server's or evaluation's flags) overriding it."""
-        changes: dict[str, Any] = {"sigmas": sigmas, "gripper_mode": gripper_mode}
+    def with_sampler(
+        self,
+        sigmas: tuple[float, ...] | None = None,
+        gripper_mode: str | None = None,
+        layers: tuple[int, ...] | None = None,
+    ) -> SamplerConfig:
+        """The recorded sampler with the fields given here (a server's or evaluation's flags) overriding
+        it; None keeps the record's (layers=() is an override: no layer chunks)."""
+        changes: dict[str, Any] = {"sigmas": sigmas, "gripper_mode": gripper_mode, "layers": layers}
         return dataclasses.replace(self.sampler, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -54,6 +54,19 @@ def int_list(text: str) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def layer_list(text: str) -> tuple[int, ...]:
+    """argparse type for which of the policy's layer chunks are candidates: "none" (noise around the
+    policy's chunk only) or layer indices as int_list reads them, e.g. "0,1"."""
+    return () if text.strip().lower() == "none" else int_list(text)
+
+
+LAYER_CANDIDATES_HELP = (
+    "which of the policy's intermediate-layer chunks are candidates: 'none' (only noise around the "
+    "policy's chunk) or layer indices, e.g. '0,1' (default: what the energy head was trained with; "
+    "heads trained without a record: all but the last layer)"
+)
+
+
 DATA_HELP = (
     "data sources: LIBERO .hdf5 files (demos or on-policy rollouts), LeRobot .parquet files, directories "
     "of them, or the synthetic task as 'synthetic:episodes=200,seed=1[,image_size=32]'"

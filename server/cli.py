@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from energy_rerank.checkpoint import BundleError
-from energy_rerank.cli import float_list
+from energy_rerank.cli import LAYER_CANDIDATES_HELP, float_list, layer_list
 from energy_rerank.kernels.triton_support import CHAIN_MODES, FP32_PRECISIONS
 from energy_rerank.scoring.backends import BACKENDS
 from energy_rerank.server.batcher import BatchConfig
@@ -87,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--gripper-mode", choices=("keep", "flip", "vote"),
                    help="noise candidates' gripper: keep the policy's, flip from a random step, or the layer "
                         "chunks' vote (default: what the energy head was trained with)")  # fmt: skip
+    g.add_argument("--layer-candidates", type=layer_list, metavar="LAYERS", help=LAYER_CANDIDATES_HELP)
     g = p.add_argument_group("network")
     g.add_argument(
         "--address", default=d.address, help="host:port to bind, port 0 = any free (default: %(default)s)"
@@ -203,6 +204,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         switch_watch=WatchConfig(window=args.switch_watch_window, factor=args.switch_watch_factor),
         sigmas=args.sigmas,
         gripper_mode=args.gripper_mode,
+        layers=args.layer_candidates,
         max_message_bytes=int(args.max_message_mb * 2**20),
         max_request_pixels=args.max_request_pixels,
         max_decoded_pixels=args.max_decoded_pixels,

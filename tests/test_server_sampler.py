@@ -1,5 +1,6 @@
 """The candidates a head is served with: the sampler it was trained with (recorded in its bundle by
-`energy-rerank train`), unless `serve --sigmas --gripper-mode` override it; GetModelInfo says which."""
+`energy-rerank train`), unless `serve --sigmas --gripper-mode --layer-candidates` override it;
+GetModelInfo says which."""
 
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ def test_flags_reach_the_config() -> None:
     assert cfg.sigmas is None and cfg.gripper_mode is None  # unset: the head's own
     cfg = config_from_args(parse("--sigmas", "0.02,0.05,0.1", "--gripper-mode", "flip"))
     assert cfg.sigmas == (0.02, 0.05, 0.1) and cfg.gripper_mode == "flip"
+    assert cfg.layers is None  # unset: the head's own
+    assert config_from_args(parse("--layer-candidates", "none")).layers == ()
+    assert config_from_args(parse("--layer-candidates", "0,1")).layers == (0, 1)
+    with pytest.raises(SystemExit):  # neither 'none' nor indices
+        parse("--layer-candidates", "first")
 
 
 def test_bad_sigmas_are_refused() -> None:
@@ -62,6 +68,7 @@ def test_head_record_reads_the_sampler_and_applies_overrides(bundles) -> None:
     assert read_head_record(recorded).sampler == RECORDED
     assert read_head_record(recorded).with_sampler(gripper_mode="keep") == dataclasses.replace(RECORDED, gripper_mode="keep")
     assert read_head_record(recorded).with_sampler(sigmas=(0.2,)) == dataclasses.replace(RECORDED, sigmas=(0.2,))
+    assert read_head_record(recorded).with_sampler(layers=()) == dataclasses.replace(RECORDED, layers=())
 
 
 def test_the_served_candidates_follow_the_head_and_the_flags(bundles) -> None:
@@ -102,3 +109,12 @@ def test_the_served_candidates_follow_the_head_and_the_flags(bundles) -> None:
     overridden, sampler = candidates(recorded, "--sigmas", "0.1,0.3,0.5", "--gripper-mode", "keep")
     assert sampler == SamplerConfig()  # the flags win over the record
     assert spread(overridden) == pytest.approx(spread(wide))
+    # candidates 1.. are the policy's layer chunks, then noise; without layer chunks, noise only
+    noise_only, sampler = candidates(recorded, "--layer-candidates", "none")
+    assert sampler == dataclasses.replace(RECORDED, layers=())
+    np.testing.assert_array_equal(noise_only[0], narrow[0])
+
+    def off_base(c: np.ndarray) -> float:  # candidate 1 against the base chunk, motion dims
+        return float(np.abs(c[1, :, :-1] - c[0, :, :-1]).mean())
+
+    assert off_base(noise_only) < 0.2 * off_base(narrow)  # sigma 0.01 noise, not a layer chunk

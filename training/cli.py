@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from energy_rerank.cli import HelpFormatter, add_data_args, float_list
+from energy_rerank.cli import HelpFormatter, add_data_args, float_list, layer_list
 from energy_rerank.config import EnergyConfig, config_from_dict
 from energy_rerank.training.config import MODES, PRESETS, TrainConfig, preset
 from energy_rerank.training.losses import LOSS_PRESETS
@@ -62,6 +62,10 @@ def add_parser(subparsers: Any) -> None:
                    help="gripper of the sampler candidates used as negatives; match what eval/serve will use "
                         "(default: the preset's)")  # fmt: skip
     p.add_argument("--sigmas", type=float_list, help="noise sigmas of those sampler candidates, e.g. '0.1,0.3,0.5' (default: the preset's)")
+    p.add_argument("--layer-candidates", type=layer_list, metavar="LAYERS",
+                   help="the policy's layer chunks among those sampler candidates: 'none' or layer indices, e.g. "
+                        "'0,1'; recorded in the bundle, so serve builds the same candidates (default: the preset's, "
+                        "all but the last)")  # fmt: skip
     p.add_argument("--tau", type=float, help="InfoNCE temperature")
     p.add_argument("--adaptive-tau", action="store_true", help="tau = max(tau, 2 std(E))")
     p.add_argument("--activation", choices=("softplus", "sigmoid", "identity"), help="energy activation")
@@ -114,6 +118,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         sampler["gripper_mode"] = args.gripper_mode
     if args.sigmas:
         sampler["sigmas"] = args.sigmas
+    if args.layer_candidates is not None:
+        sampler["layers"] = args.layer_candidates
     loss: dict[str, Any] = {}
     if args.tau is not None:
         loss["tau"] = args.tau

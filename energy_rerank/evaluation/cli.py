@@ -7,7 +7,14 @@ import json
 import time
 from typing import Any
 
-from energy_rerank.cli import HelpFormatter, add_data_args, float_list, int_list
+from energy_rerank.cli import (
+    LAYER_CANDIDATES_HELP,
+    HelpFormatter,
+    add_data_args,
+    float_list,
+    int_list,
+    layer_list,
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -42,6 +49,7 @@ def add_parser(subparsers: Any) -> None:
                         "energy head was trained with)")  # fmt: skip
     p.add_argument("--gripper-mode", choices=("keep", "flip", "vote"),
                    help="noise candidates' gripper (default: what the energy head was trained with)")  # fmt: skip
+    p.add_argument("--layer-candidates", type=layer_list, metavar="LAYERS", help=LAYER_CANDIDATES_HELP)
     p.add_argument(
         "--margin-n",
         type=int,
@@ -118,7 +126,7 @@ def _offline(args: argparse.Namespace) -> int:
     images = bool(policy.description.cameras)
     data = load_data(args.data, policy.description.chunk_len, args.demos, args.stride, images, args.failed_steps)
     windows, tasks = data.windows, data.tasks
-    sampler = CandidateSampler.for_policy(policy, read_head_record(args.energy).with_sampler(args.sigmas, args.gripper_mode))
+    sampler = CandidateSampler.for_policy(policy, read_head_record(args.energy).with_sampler(args.sigmas, args.gripper_mode, args.layer_candidates))
     cfg = OfflineConfig(ns=args.n_candidates, batch=args.batch_size, seed=args.seed, sigma_scale=args.sigma_scale)
     # The largest N by default: the lowest energy falls as N grows, so a margin fitted at 64 lets more
     # switches through at 256 and the error climbs again (LIBERO head seed 1, docs/results.md); one fitted at the
@@ -138,6 +146,7 @@ def _offline(args: argparse.Namespace) -> int:
         "sampler": {
             "sigmas": list(sampler.config.sigmas),
             "gripper_mode": sampler.config.gripper_mode,
+            "layers": None if sampler.config.layers is None else list(sampler.config.layers),
             "sigma_scale": args.sigma_scale,
         },
         "seconds": round(time.perf_counter() - t0, 1),

@@ -317,13 +317,11 @@ def _run_parallel(
     units: list[Any],
     finished: Callable[[dict[str, Any]], None],
 ) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        config.workers, mp_context=ctx, initializer=_worker_start, initargs=(connect, config)
-    ) as pool:
+    from energy_rerank.worker_pool import spawn_pool
+
+    with spawn_pool(config.workers, initializer=_worker_start, initargs=(connect, config)) as pool:
         futures = [pool.submit(_worker_episodes, job) for job in jobs_for_workers(units, config.workers)]
         try:
             for future in as_completed(futures):

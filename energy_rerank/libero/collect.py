@@ -148,17 +148,16 @@ def collect(
         tmp.write_text(json.dumps(report, indent=1))
         tmp.replace(report_path)
 
-    if workers == 1:
+    if workers == 1 or len(todo) <= 1:  # a pool for one task (or none left) would only cost a process
         for task in todo:
             finished(task, collect_task(client, config, task, out, bar))
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
+
+        from energy_rerank.worker_pool import spawn_pool
 
         assert connect is not None  # checked above
-        ctx = multiprocessing.get_context("spawn")  # a forked gRPC channel is unusable
-        with ProcessPoolExecutor(min(workers, max(1, len(todo))), mp_context=ctx,
-                                 initializer=_worker_start, initargs=(connect,)) as pool:  # fmt: skip
+        with spawn_pool(min(workers, len(todo)), initializer=_worker_start, initargs=(connect,)) as pool:
             futures = {pool.submit(_worker_task, config, t, str(out)): t for t in todo}
             for future in as_completed(futures):
                 entry = future.result()
