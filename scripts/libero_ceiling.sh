@@ -20,6 +20,8 @@ STEPS=${STEPS:-300}             # behaviour-cloning steps
 N=${N:-64}                      # candidates per request for random and oracle
 HELD_OUT=${HELD_OUT:-30-49}     # init states of the reported episodes
 SELECTORS=${SELECTORS:-oracle random}
+SIGMAS=${SIGMAS:-}              # the candidates' noise sigmas ('' = the sampler's 0.1,0.3,0.5: `serve --sigmas`)
+LAYER_CANDIDATES=${LAYER_CANDIDATES:-}  # the policy's layer chunks among them ('' = all but the last; none)
 WORKERS=${WORKERS:-2}
 PORT=${PORT:-50071}
 export MUJOCO_GL=${MUJOCO_GL:-egl}
@@ -39,6 +41,7 @@ fi
 if [ ! -f "$RUN/closed_loop/report.json" ]; then
   say "server on 127.0.0.1:$PORT"
   "$BIN/energy-rerank" serve --policy "$RUN/policy" --address "127.0.0.1:$PORT" --metrics-port -1 \
+    ${SIGMAS:+--sigmas "$SIGMAS"} ${LAYER_CANDIDATES:+--layer-candidates "$LAYER_CANDIDATES"} \
     --max-candidates "$N" > "$RUN/server.log" 2>&1 &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT

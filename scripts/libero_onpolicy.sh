@@ -39,7 +39,11 @@ SUITE=${SUITE:-libero_object}  # LIBERO suite (libero_object, libero_spatial, ..
 N=${N:-64}
 STEPS=${STEPS:-1200}            # energy-head optimiser steps
 LOSS=${LOSS:-listwise}          # energy-head loss preset (listwise, listwise-gain: `train --loss`)
-POLICY_STEPS=${POLICY_STEPS:-300}  # behaviour-cloning steps of the fine-tuned policy (the base's)
+SIGMAS=${SIGMAS:-}              # noise sigmas of the heads' candidates ('' = the preset's 0.1,0.3,0.5: `train --sigmas`)
+LAYER_CANDIDATES=${LAYER_CANDIDATES:-}  # the policy's layer chunks among a served head's candidates ('' = the head's; none)
+# 300 steps (the base's budget) on six times the base's windows underfits: 17/200 held out, where
+# 1500 (train-policy's default) fits them (docs/results.md)
+POLICY_STEPS=${POLICY_STEPS:-1500}  # behaviour-cloning steps of the fine-tuned policy
 LABEL_EVERY=${LABEL_EVERY:-4}   # expert labels every k-th visited state (each costs H expert steps)
 FAILED_STEPS=${FAILED_STEPS:-}  # learn only the first K steps of failed rollouts ('' = all: `--failed-steps`)
 EXPERT_SHARE=${EXPERT_SHARE:-}  # also collect roundK/steered: the expert steers this share of chunks ('' = no)
@@ -59,7 +63,9 @@ serve() {  # serve POLICY ENERGY LOG: stop the last server, start one on the nex
   for s in "${servers[@]}"; do kill "$s" 2>/dev/null || true; done
   servers=()
   port=$((port + 1))
-  "$BIN/energy-rerank" serve --policy "$1" ${2:+--energy "$2"} --address "127.0.0.1:$port" --metrics-port -1 \
+  # shellcheck disable=SC2086  # LAYER_CANDIDATES applies to servers with a head only
+  "$BIN/energy-rerank" serve --policy "$1" ${2:+--energy "$2" ${LAYER_CANDIDATES:+--layer-candidates $LAYER_CANDIDATES}} \
+    --address "127.0.0.1:$port" --metrics-port -1 \
     --max-candidates "$N" > "$3" 2>&1 &
   servers+=($!)
   for _ in $(seq 120); do grep -q "listening on" "$3" && return 0; sleep 1; done
@@ -106,12 +112,13 @@ head_stage() {  # head_stage DIR POLICY CALIB_DIR DATA...: features, head, margi
   fi
   if [ ! -f "$dir/head/model.safetensors" ]; then
     say "$dir: energy head, $LOSS over the served candidates ranked by L1 to the expert's label"
-    "$BIN/energy-rerank" train --preset tiny-reference --loss "$LOSS" --cache "$dir/features" --steps "$STEPS" \
-      --out "$dir/head" > "$dir/train.log" 2>&1
+    "$BIN/energy-rerank" train --preset tiny-reference --loss "$LOSS" ${SIGMAS:+--sigmas "$SIGMAS"} \
+      --cache "$dir/features" --steps "$STEPS" --out "$dir/head" > "$dir/train.log" 2>&1
   fi
   if [ ! -f "$dir/head/selection.json" ]; then
     say "$dir: switch margin calibrated on $calib"
     "$BIN/energy-rerank" eval offline --data "$calib" --policy "$policy" --energy "$dir/head" \
+      ${LAYER_CANDIDATES:+--layer-candidates "$LAYER_CANDIDATES"} \
       --n-candidates "1,4,16,$N" --stride 2 --write-margin --out "$dir/eval_offline" > "$dir/eval_offline.json"
   fi
   if [ -n "$CL_SWITCH_RATES" ] && ! grep -q '"closed_loop"' "$dir/head/selection.json"; then

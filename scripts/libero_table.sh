@@ -16,7 +16,15 @@ BIN=${BIN:-.venv/bin}
 RUN=${1:-runs/table_weak}
 N=${N:-64}
 ROUNDS=${ROUNDS:-2}
-export N ROUNDS
+# The recipe of the first head that raised closed-loop success: small candidates without the
+# policy's layer chunks (the random and oracle rows pick among the same), trained on the robot's own
+# rollouts (failed ones up to step 100) and on rollouts the expert steered half of. Set any to ''
+# for the plain pipeline.
+SIGMAS=${SIGMAS-0.025,0.075,0.125}
+LAYER_CANDIDATES=${LAYER_CANDIDATES-none}
+EXPERT_SHARE=${EXPERT_SHARE-0.5}
+FAILED_STEPS=${FAILED_STEPS-100}
+export N ROUNDS SIGMAS LAYER_CANDIDATES EXPERT_SHARE FAILED_STEPS
 start=$(date +%s)
 bash scripts/libero_ceiling.sh "$RUN/ceiling"
 bash scripts/libero_onpolicy.sh "$RUN/ceiling/policy" "$RUN/onpolicy"
