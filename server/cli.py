@@ -204,7 +204,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         switch_watch=WatchConfig(window=args.switch_watch_window, factor=args.switch_watch_factor),
         sigmas=args.sigmas,
         gripper_mode=args.gripper_mode,
-        layers=args.layer_candidates,
+        layer_candidates=args.layer_candidates,
         max_message_bytes=int(args.max_message_mb * 2**20),
         max_request_pixels=args.max_request_pixels,
         max_decoded_pixels=args.max_decoded_pixels,

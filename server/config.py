@@ -58,7 +58,7 @@ class ServerConfig:
     # defaults for bundles without one). A value here overrides the head's.
     sigmas: tuple[float, ...] | None = None  # noise sigma schedule, normalised action units
     gripper_mode: str | None = None  # "keep", "flip" or "vote" (see energy_rerank.candidates)
-    layers: tuple[int, ...] | None = None  # the policy's layer chunks among the candidates; () = none
+    layer_candidates: tuple[int, ...] | None = None  # the policy's layer chunks among the candidates; () = none
     max_message_bytes: int = 4 * 1024 * 1024  # larger requests get RESOURCE_EXHAUSTED (gRPC's default)
     # pixels one request's images may decode to, over the cameras the policy reads (others are never
     # decoded); beyond it INVALID_ARGUMENT. 4096 x 4096 = 16.8 M pixels = 50 MB of RGB

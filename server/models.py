@@ -62,7 +62,7 @@ def load_reranker(config: ServerConfig) -> Reranker:
             fp32_precision=config.fp32_precision,
             chains=config.chains,
         ),
-        CandidateSampler.for_policy(proposer, record.with_sampler(config.sigmas, config.gripper_mode, config.layers)),
+        CandidateSampler.for_policy(proposer, record.with_sampler(config.sigmas, config.gripper_mode, config.layer_candidates)),
         model_version=version,
         max_candidates=config.max_candidates,
         switch_margin=margin,
@@ -93,7 +93,7 @@ def with_energy_head(current: Reranker, energy_path: str | Path, config: ServerC
         current.proposer,
         make_scorer(energy, config.backend, fp32_precision=config.fp32_precision, chains=config.chains),
         # candidates the way this head was trained to rank them, unless the server's flags override
-        CandidateSampler.for_policy(current.proposer, record.with_sampler(config.sigmas, config.gripper_mode, config.layers)),
+        CandidateSampler.for_policy(current.proposer, record.with_sampler(config.sigmas, config.gripper_mode, config.layer_candidates)),
         stats=current.stats,
         model_version=f"{policy_part}+energy@{bundle_digest(path)}",
         max_candidates=current.max_candidates,

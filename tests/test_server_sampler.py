@@ -48,9 +48,9 @@ def test_flags_reach_the_config() -> None:
     assert cfg.sigmas is None and cfg.gripper_mode is None  # unset: the head's own
     cfg = config_from_args(parse("--sigmas", "0.02,0.05,0.1", "--gripper-mode", "flip"))
     assert cfg.sigmas == (0.02, 0.05, 0.1) and cfg.gripper_mode == "flip"
-    assert cfg.layers is None  # unset: the head's own
-    assert config_from_args(parse("--layer-candidates", "none")).layers == ()
-    assert config_from_args(parse("--layer-candidates", "0,1")).layers == (0, 1)
+    assert cfg.layer_candidates is None  # unset: the head's own
+    assert config_from_args(parse("--layer-candidates", "none")).layer_candidates == ()
+    assert config_from_args(parse("--layer-candidates", "0,1")).layer_candidates == (0, 1)
     with pytest.raises(SystemExit):  # neither 'none' nor indices
         parse("--layer-candidates", "first")
 
