@@ -19,7 +19,7 @@ DEMOS=${DEMOS:-2}               # training demos per task (weak 2, strong 10); o
 STEPS=${STEPS:-300}             # behaviour-cloning steps
 N=${N:-64}                      # candidates per request for random and oracle
 HELD_OUT=${HELD_OUT:-30-49}     # init states of the reported episodes
-SELECTORS=${SELECTORS:-oracle random}
+SELECTORS=${SELECTORS-oracle random}  # client-side picks at N ('' = the policy alone only)
 SIGMAS=${SIGMAS:-}              # the candidates' noise sigmas ('' = the sampler's 0.1,0.3,0.5: `serve --sigmas`)
 LAYER_CANDIDATES=${LAYER_CANDIDATES:-}  # the policy's layer chunks among them ('' = all but the last; none)
 WORKERS=${WORKERS:-2}
@@ -38,19 +38,34 @@ if [ ! -f "$RUN/policy/config.json" ]; then
   "$BIN/energy-rerank" train-policy --data "$RUN"/demos/*.hdf5 --val-episodes 1 --max-text-len 16 \
     --steps "$STEPS" --no-progress --out "$RUN/policy" > "$RUN/policy.json"
 fi
-if [ ! -f "$RUN/closed_loop/report.json" ]; then
+server=""
+trap '[ -z "$server" ] || kill $server 2>/dev/null || true' EXIT
+serve() {  # one server for both closed-loop stages, started when the first of them runs
+  [ -z "$server" ] || return 0
   say "server on 127.0.0.1:$PORT"
+  # shellcheck disable=SC2086
   "$BIN/energy-rerank" serve --policy "$RUN/policy" --address "127.0.0.1:$PORT" --metrics-port -1 \
     ${SIGMAS:+--sigmas "$SIGMAS"} ${LAYER_CANDIDATES:+--layer-candidates "$LAYER_CANDIDATES"} \
     --max-candidates "$N" > "$RUN/server.log" 2>&1 &
   server=$!
-  trap 'kill $server 2>/dev/null || true' EXIT
-  for _ in $(seq 120); do grep -q "listening on" "$RUN/server.log" && break; sleep 1; done
-  grep -q "listening on" "$RUN/server.log" || { cat "$RUN/server.log"; exit 1; }
-  say "closed loop: N=1 and $SELECTORS at N=$N on init states $HELD_OUT"
+  for _ in $(seq 120); do grep -q "listening on" "$RUN/server.log" && return 0; sleep 1; done
+  cat "$RUN/server.log"; exit 1
+}
+# Two stages, two reports: the policy alone first (the base every other row is paired with), then
+# the selectors (SELECTORS='' stops after the first; a later run with them adds the second).
+if ! grep -qs '"complete": true' "$RUN/closed_loop/report.json"; then
+  serve
+  say "closed loop: N=1 on init states $HELD_OUT"
+  "$BIN/energy-rerank" eval libero --server "127.0.0.1:$PORT" --suite "$SUITE" --tasks 0-9 \
+    --init-states "$HELD_OUT" --trained-on "$RUN"/demos/*.hdf5 --n-candidates 1 \
+    --workers "$WORKERS" --out "$RUN/closed_loop"
+fi
+if [ -n "$SELECTORS" ] && ! grep -qs '"complete": true' "$RUN/selectors/report.json"; then
+  serve
+  say "closed loop: $SELECTORS at N=$N on init states $HELD_OUT"
   # shellcheck disable=SC2086
   "$BIN/energy-rerank" eval libero --server "127.0.0.1:$PORT" --suite "$SUITE" --tasks 0-9 \
-    --init-states "$HELD_OUT" --trained-on "$RUN"/demos/*.hdf5 --n-candidates "1,$N" \
-    --selectors $SELECTORS --workers "$WORKERS" --out "$RUN/closed_loop"
+    --init-states "$HELD_OUT" --trained-on "$RUN"/demos/*.hdf5 --n-candidates "$N" \
+    --selectors $SELECTORS --workers "$WORKERS" --out "$RUN/selectors"
 fi
-say "done: $RUN/closed_loop/report.json"
+say "done: $RUN/closed_loop/report.json${SELECTORS:+ $RUN/selectors/report.json}"

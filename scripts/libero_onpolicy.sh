@@ -13,7 +13,7 @@
 #                                   offline (L1 to the label), then, with CL_SWITCH_RATES, in closed
 #                                   loop on CALIB_STATES (roundK/margin_sweep): the margins at which the
 #                                   offline sweep switched at those rates, the one with most successes
-#   base/closed_loop                the base policy alone (N = 1) on the held-out init states
+#   base/closed_loop                (BASE=1) the base policy alone (N = 1) on the held-out init states
 #   roundK/closed_loop              head K at N on the held-out init states (paired with base/)
 #   roundK/{rollouts,calibration}   (K < ROUNDS) the robot with head K at N: round K+1's new data
 #   roundK/steered                  (EXPERT_SHARE) more training rollouts of the same robot at N, the
@@ -49,9 +49,10 @@ FAILED_STEPS=${FAILED_STEPS:-}  # learn only the first K steps of failed rollout
 EXPERT_SHARE=${EXPERT_SHARE:-}  # also collect roundK/steered: the expert steers this share of chunks ('' = no)
 WORKERS=${WORKERS:-2}
 DEMO_HEAD=${DEMO_HEAD:-1}
+BASE=${BASE:-1}                 # run base/closed_loop (0 when the caller has the policy's N = 1 already)
 FINETUNE=${FINETUNE:-1}
 COLLECT_MARGIN=${COLLECT_MARGIN:-}  # switch margin of the robot collecting round K > 0 ('' = the head's own)
-CL_SWITCH_RATES=${CL_SWITCH_RATES:-0.5,0.25,0.1}  # closed-loop margin sweep ('' = offline margin only)
+CL_SWITCH_RATES=${CL_SWITCH_RATES:-0.75,0.5}  # closed-loop margin sweep ('' = offline margin only)
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 mkdir -p "$RUN"
 say() { echo "[$(date +%T)] $*"; }
@@ -112,8 +113,9 @@ head_stage() {  # head_stage DIR POLICY CALIB_DIR DATA...: features, head, margi
   fi
   if [ ! -f "$dir/head/model.safetensors" ]; then
     say "$dir: energy head, $LOSS over the served candidates ranked by L1 to the expert's label"
+    # the head learns to rank the candidates it will be served with (--layer-candidates is recorded)
     "$BIN/energy-rerank" train --preset tiny-reference --loss "$LOSS" ${SIGMAS:+--sigmas "$SIGMAS"} \
-      --cache "$dir/features" --steps "$STEPS" --out "$dir/head" > "$dir/train.log" 2>&1
+      ${LAYER_CANDIDATES:+--layer-candidates "$LAYER_CANDIDATES"} --cache "$dir/features" --steps "$STEPS" --out "$dir/head" > "$dir/train.log" 2>&1
   fi
   if [ ! -f "$dir/head/selection.json" ]; then
     say "$dir: switch margin calibrated on $calib"
@@ -161,7 +163,7 @@ closed_loop() {  # closed_loop DIR POLICY ENERGY NS: the head at each of NS on t
 }
 
 collect "$RUN/round0" "$POLICY" "" 1 0
-closed_loop "$RUN/base" "$POLICY" "" 1
+if [ "$BASE" = 1 ]; then closed_loop "$RUN/base" "$POLICY" "" 1; fi
 if [ -n "$EXPERT_SHARE" ]; then steered "$RUN/round0" "$POLICY" "" 0 inf; fi
 for k in $(seq 1 "$ROUNDS"); do
   data=()

