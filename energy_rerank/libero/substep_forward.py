@@ -15,8 +15,9 @@ control step only:
   constraint solver to `mj_step`, which recomputes them from the same inputs before integrating.
 
 Outside a control step (resets, restored states, reading an observation) `forward` is MuJoCo's
-own full pass. The trajectory is bit-identical (tests/test_libero_sim.py); the control step is
-about a quarter faster.
+own full pass. The trajectory is bit-identical (tests/test_libero_sim.py); by the profile in
+docs/results.md#libero-throughput a substep's ~356 us lose about 85 (two 55 us passes become one
+26 us partial one).
 """
 
 from __future__ import annotations
