@@ -14,7 +14,7 @@
 #                                   loop on CALIB_STATES (roundK/margin_sweep): the margins at which the
 #                                   offline sweep switched at those rates, the one with most successes
 #   base/closed_loop                (BASE=1) the base policy alone (N = 1) on the held-out init states
-#   roundK/closed_loop              head K at N on the held-out init states (paired with base/)
+#   roundK/closed_loop              head K at N on the held-out init states (paired with base/, or the caller's N = 1)
 #   roundK/{rollouts,calibration}   (K < ROUNDS) the robot with head K at N: round K+1's new data
 #   roundK/steered                  (EXPERT_SHARE) more training rollouts of the same robot at N, the
 #                                   expert steering that share of its chunks (DAgger's mixture; round
@@ -128,7 +128,7 @@ head_stage() {  # head_stage DIR POLICY CALIB_DIR DATA...: features, head, margi
   if [ -n "$CL_SWITCH_RATES" ] && ! grep -q '"closed_loop"' "$dir/head/selection.json"; then
     margin_sweep "$dir" "$policy"
   fi
-  # the base policy's N = 1 is run once (base/closed_loop); `eval table` pairs every head with it
+  # the base policy's N = 1 is run once (base/closed_loop, or by the caller with BASE=0); `eval table` pairs every head with it
   closed_loop "$dir" "$policy" "$dir/head" "$([ "$policy" = "$POLICY" ] && echo "$N" || echo "1,$N")"
 }
 
