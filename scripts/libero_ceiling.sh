@@ -6,7 +6,7 @@
 # so a cut-off run resumes where it stopped.
 #
 #   bash scripts/libero_ceiling.sh [RUN_DIR]          # weak policy: 2 demos per task (+1 for validation)
-#   DEMOS=10 bash scripts/libero_ceiling.sh runs/ceiling_strong
+#   DEMOS=10 POLICY_STEPS=1500 bash scripts/libero_ceiling.sh runs/ceiling_strong
 #
 # The server scores with the embedded default head: no head choice is measured here, only the
 # candidates (N=1, random and oracle are picked by the client from the server's candidates).
@@ -16,7 +16,7 @@ BIN=${BIN:-.venv/bin}
 RUN=${1:-runs/libero_ceiling}
 SUITE=${SUITE:-libero_object}  # LIBERO suite (libero_object, libero_spatial, ...)
 DEMOS=${DEMOS:-2}               # training demos per task (weak 2, strong 10); one more is validation
-STEPS=${STEPS:-300}             # behaviour-cloning steps
+POLICY_STEPS=${POLICY_STEPS:-300}  # behaviour-cloning steps (weak 300; strong 1500: 300 leaves it at 17%)
 N=${N:-64}                      # candidates per request for random and oracle
 HELD_OUT=${HELD_OUT:-30-49}     # init states of the reported episodes
 SELECTORS=${SELECTORS-oracle random}  # client-side picks at N ('' = the policy alone only)
@@ -34,9 +34,9 @@ if [ ! -f "$RUN/demos/demo_report.json" ]; then
     --init-states 0-29 --out "$RUN/demos"
 fi
 if [ ! -f "$RUN/policy/config.json" ]; then
-  say "policy: behaviour cloning, $STEPS steps"
+  say "policy: behaviour cloning, $POLICY_STEPS steps"
   "$BIN/energy-rerank" train-policy --data "$RUN"/demos/*.hdf5 --val-episodes 1 --max-text-len 16 \
-    --steps "$STEPS" --no-progress --out "$RUN/policy" > "$RUN/policy.json"
+    --steps "$POLICY_STEPS" --no-progress --out "$RUN/policy" > "$RUN/policy.json"
 fi
 server=""
 trap '[ -z "$server" ] || kill $server 2>/dev/null || true' EXIT

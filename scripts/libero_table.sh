@@ -6,10 +6,11 @@
 # relabelled data, alone and with a head. Every stage is resumable (see the two scripts it runs).
 #
 #   make setup && bash scripts/libero_table.sh                      # weak policy (2 demos per task)
-#   DEMOS=10 bash scripts/libero_table.sh runs/table_strong          # strong policy (10 demos per task)
+#   DEMOS=10 POLICY_STEPS=1500 bash scripts/libero_table.sh runs/table_strong   # strong (10 demos per task)
 #   SUITE=libero_spatial bash scripts/libero_table.sh runs/table_spatial   # the same on LIBERO-Spatial
 #
-# Writes RUN/table.md (and table.md.json). ROUNDS, STEPS, N, WORKERS pass through to the scripts.
+# Writes RUN/table.md (and table.md.json). ROUNDS, STEPS, POLICY_STEPS, N, WORKERS pass through to the
+# scripts (POLICY_STEPS: the base policy's and the retrained one's behaviour-cloning steps).
 # Wall time on a 2-core Intel Xeon: 91 min with STEPS=1200 (four heads; at the default 4000 each
 # head trains about 4 min longer).
 set -euo pipefail

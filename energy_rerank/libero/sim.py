@@ -6,12 +6,13 @@ plus the privileged object poses a scripted expert and a low-dim policy read. Ca
 off unless asked for: physics alone is ~2 ms per control step, rendering two 64 px cameras
 ~0.14 s.
 
-Three things robosuite does by default cost time and change nothing here, so they are off:
+Four things robosuite does by default cost time and change nothing here, so they are off:
 rebuilding the MuJoCo model from XML at every reset (~0.7 s an episode; every reset is followed by
 restoring a complete init state, so a soft reset gives bit-identical episodes, checked by a test),
 computing its observables at every physics substep (this wrapper reads what it needs from
-the simulator once per control step; camera observables stay on when cameras are), and two
-full MuJoCo forward passes per physics substep on top of `mj_step`'s own (`substep_forward`).
+the simulator once per control step; camera observables stay on when cameras are), two
+full MuJoCo forward passes per physics substep on top of `mj_step`'s own (`substep_forward`), and
+the controller's name lookups and repeated Jacobians at every substep (`arm_control`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from energy_rerank.libero import substep_forward
+from energy_rerank.libero import arm_control, substep_forward
 
 MAX_STEPS = {
     "libero_spatial": 220,
@@ -114,6 +115,7 @@ class LiberoSim:
                 self.env.env.modify_observable(name, "enabled", False)
         inner = self.env.env
         substep_forward.install(inner)
+        arm_control.install(inner.robots[0])
         if not cams:  # every observable is off: robosuite's update of them at each substep does nothing
             inner._update_observables = lambda force=False: None
         self.object_names: tuple[str, ...] = tuple(inner.objects_dict)  # movable objects, BDDL order
