@@ -127,9 +127,9 @@ def test_the_faster_control_step_gives_robosuites_own_trajectory(sim):
         slow = replay(plain)
         # the replays ran robosuite's own methods and ours (reset builds a new controller)
         assert "forward" not in vars(plain.env.env.sim) and "forward" in vars(sim.env.env.sim)
-        assert "update" not in vars(plain.env.env.robots[0].controller)
-        assert "update" in vars(sim.env.env.robots[0].controller)
-        assert "grip_action" in vars(sim.env.env.robots[0]) and "grip_action" not in vars(plain.env.env.robots[0])
+        ours, theirs = sim.env.env.robots[0], plain.env.env.robots[0]
+        assert "update" in vars(ours.controller) and "update" not in vars(theirs.controller)
+        assert "grip_action" in vars(ours) and "grip_action" not in vars(theirs)
     finally:
         plain.close()
     np.testing.assert_array_equal(fast[0], slow[0])
