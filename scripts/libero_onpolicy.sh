@@ -60,7 +60,7 @@ mkdir -p "$RUN"
 say() { echo "[$(date +%T)] $*"; }
 servers=()
 trap 'for s in "${servers[@]}"; do kill "$s" 2>/dev/null || true; done' EXIT
-port=50080
+port=${PORT:-50080}  # servers listen on the ports after this one (one per stage)
 
 serve() {  # serve POLICY ENERGY LOG: stop the last server, start one on the next port, wait until it listens
   for s in "${servers[@]}"; do kill "$s" 2>/dev/null || true; done
@@ -75,7 +75,7 @@ serve() {  # serve POLICY ENERGY LOG: stop the last server, start one on the nex
   cat "$3"; return 1
 }
 
-collect() {  # collect OUT_DIR POLICY ENERGY N SEED [MARGIN]: training and calibration rollouts, side by side
+collect() {  # collect OUT_DIR POLICY ENERGY N SEED [MARGIN]: training and calibration rollouts
   local out=$1
   if [ -f "$out/rollouts/collect_report.json" ] && [ -f "$out/calibration/collect_report.json" ] \
     && [ "$(ls "$out"/rollouts/*.hdf5 | wc -l)" -ge 10 ] && [ "$(ls "$out"/calibration/*.hdf5 | wc -l)" -ge 10 ]; then
@@ -83,13 +83,13 @@ collect() {  # collect OUT_DIR POLICY ENERGY N SEED [MARGIN]: training and calib
   fi
   serve "$2" "$3" "$out.server.log"
   say "$out: rollouts at N=$4 (training: init states $TRAIN_STATES, calibration: $CALIB_STATES), expert labels"
+  # one after the other, each with WORKERS processes: side by side, the shorter one left a core idle
   "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --suite "$SUITE" --tasks 0-9 --init-states "$TRAIN_STATES" \
-    --n-candidates "$4" ${6:+--switch-margin "$6"} --seed "$5" --label-every "$LABEL_EVERY" --out "$out/rollouts" > "$out.train.log" 2>&1 &
-  local a=$!
+    --n-candidates "$4" ${6:+--switch-margin "$6"} --seed "$5" --label-every "$LABEL_EVERY" --workers "$WORKERS" \
+    --out "$out/rollouts" > "$out.train.log" 2>&1
   "$BIN/energy-rerank" libero collect --server "127.0.0.1:$port" --suite "$SUITE" --tasks 0-9 --init-states "$CALIB_STATES" \
-    --n-candidates "$4" ${6:+--switch-margin "$6"} --seed "$5" --label-every "$LABEL_EVERY" --out "$out/calibration" > "$out.calib.log" 2>&1 &
-  local b=$!
-  wait $a && wait $b
+    --n-candidates "$4" ${6:+--switch-margin "$6"} --seed "$5" --label-every "$LABEL_EVERY" --workers "$WORKERS" \
+    --out "$out/calibration" > "$out.calib.log" 2>&1
 }
 
 steered() {  # steered OUT_DIR POLICY ENERGY SEED MARGIN: training rollouts with the expert steering EXPERT_SHARE
