@@ -16,6 +16,7 @@
 #   base/closed_loop                (BASE=1) the base policy alone (N = 1) on the held-out init states
 #   roundK/closed_loop              head K at N on the held-out init states (paired with base/, or the caller's N = 1)
 #   roundK/{rollouts,calibration}   (K < ROUNDS) the robot with head K at N: round K+1's new data
+#                                   (links to round 0's when head K's margin is inf: the same robot)
 #   roundK/steered                  (EXPERT_SHARE) more training rollouts of the same robot at N, the
 #                                   expert steering that share of its chunks (DAgger's mixture; round
 #                                   0 at margin inf: the policy's chunk unless the expert steers)
@@ -164,18 +165,39 @@ closed_loop() {  # closed_loop DIR POLICY ENERGY NS: the head at each of NS on t
     --n-candidates "$4" --workers "$WORKERS" --out "$dir/closed_loop" > "$dir/closed_loop.log" 2>&1
 }
 
+replays_round0() {  # replays_round0 HEAD: would a robot with this head at COLLECT_MARGIN act as round 0's did?
+  # A head calibrated to margin inf never leaves the policy's chunk, and the policy is deterministic
+  # on the same init states: collecting with it would write round 0's rollouts again (and train the
+  # next head on each of them twice)
+  [ -z "$COLLECT_MARGIN" ] && "$BIN/python" -c '
+import json, sys
+sys.exit(0 if json.load(open(sys.argv[1])).get("switch_margin") == "inf" else 1)
+' "$1/selection.json"
+}
+
+own_rollouts() {  # own_rollouts K: round K's training rollouts unless they are round 0's replayed (a link)
+  [ -L "$RUN/round$1/rollouts" ] || echo "$RUN/round$1/rollouts"
+}
+
 collect "$RUN/round0" "$POLICY" "" 1 0
 if [ "$BASE" = 1 ]; then closed_loop "$RUN/base" "$POLICY" "" 1; fi
 if [ -n "$EXPERT_SHARE" ]; then steered "$RUN/round0" "$POLICY" "" 0 inf; fi
 for k in $(seq 1 "$ROUNDS"); do
   data=()
   for j in $(seq 0 $((k - 1))); do
-    data+=("$RUN/round$j/rollouts")
+    data+=($(own_rollouts "$j"))
     if [ -n "$EXPERT_SHARE" ]; then data+=("$RUN/round$j/steered"); fi
   done
   head_stage "$RUN/round$k" "$POLICY" "$RUN/round$((k - 1))/calibration" "${data[@]}"
   if [ "$k" -lt "$ROUNDS" ]; then
-    collect "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$N" "$k" "$COLLECT_MARGIN"
+    if replays_round0 "$RUN/round$k/head"; then
+      say "round$k: its head never switches (margin inf), so its rollouts are round 0's: linked, not collected again"
+      for part in rollouts calibration; do
+        [ -e "$RUN/round$k/$part" ] || ln -s "../round0/$part" "$RUN/round$k/$part"
+      done
+    else
+      collect "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$N" "$k" "$COLLECT_MARGIN"
+    fi
     if [ -n "$EXPERT_SHARE" ]; then steered "$RUN/round$k" "$POLICY" "$RUN/round$k/head" "$k" "$COLLECT_MARGIN"; fi
   fi
 done
@@ -185,7 +207,7 @@ fi
 if [ "$FINETUNE" = 1 ]; then
   data=("$DEMOS_DIR")
   for j in $(seq 0 $((ROUNDS - 1))); do
-    data+=("$RUN/round$j/rollouts")
+    data+=($(own_rollouts "$j"))
     if [ -n "$EXPERT_SHARE" ]; then data+=("$RUN/round$j/steered"); fi
   done
   if [ ! -f "$RUN/finetuned/policy/config.json" ]; then
