@@ -48,7 +48,12 @@ serve() {  # one server for both closed-loop stages, started when the first of t
     ${SIGMAS:+--sigmas "$SIGMAS"} ${LAYER_CANDIDATES:+--layer-candidates "$LAYER_CANDIDATES"} \
     --max-candidates "$N" > "$RUN/server.log" 2>&1 &
   server=$!
-  for _ in $(seq 120); do grep -q "listening on" "$RUN/server.log" && return 0; sleep 1; done
+  # up to 10 min: a server started beside another pipeline on a loaded machine can take minutes to import
+  for _ in $(seq 600); do
+    grep -q "listening on" "$RUN/server.log" && return 0
+    kill -0 "$server" 2>/dev/null || break
+    sleep 1
+  done
   cat "$RUN/server.log"; exit 1
 }
 # Two stages, two reports: the policy alone first (the base every other row is paired with), then

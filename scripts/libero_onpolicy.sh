@@ -72,7 +72,12 @@ serve() {  # serve POLICY ENERGY LOG: stop the last server, start one on the nex
     --address "127.0.0.1:$port" --metrics-port -1 \
     --max-candidates "$N" > "$3" 2>&1 &
   servers+=($!)
-  for _ in $(seq 120); do grep -q "listening on" "$3" && return 0; sleep 1; done
+  # up to 10 min: a server started beside another pipeline on a loaded machine can take minutes to import
+  for _ in $(seq 600); do
+    grep -q "listening on" "$3" && return 0
+    kill -0 "${servers[0]}" 2>/dev/null || break
+    sleep 1
+  done
   cat "$3"; return 1
 }
 
